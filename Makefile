@@ -1,0 +1,61 @@
+# The two quick-start commands: `make reproduce` and `make test`.
+# Each builds .venv itself. TORCH_VERSION picks the torch build installed first
+# (2.13.0 is a CPU build on the development machines); TORCH_INDEX_URL can
+# point pip at another wheel index (e.g. a CUDA one) on other machines.
+PYTHON        ?= python3
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX_URL ?=
+VENV          ?= .venv
+EXTRAS        ?= experiments,dev
+DATA_DIR      ?= $(if $(wildcard ../shared/data/mnist),../shared/data/mnist,)
+ARGS          ?=
+
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(TORCH_VERSION)
+PIP   := $(BIN)/python -m pip
+DATA_ARG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+
+.PHONY: venv test lint typecheck check reproduce report bench sweep compress plan clean
+
+venv: $(STAMP)
+
+# torch is installed first and pinned through a constraints file so that no
+# later install (an extra, pyfastkron) can swap it for another build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	echo "torch==$(TORCH_VERSION)" > $(VENV)/constraints.txt
+	$(PIP) install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),) "torch==$(TORCH_VERSION)"
+	$(PIP) install --quiet -c $(VENV)/constraints.txt -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+reproduce: $(STAMP)
+	$(BIN)/torchkron reproduce $(DATA_ARG) $(ARGS)
+
+report: $(STAMP)
+	$(BIN)/torchkron report results/mnist
+
+bench: $(STAMP)
+	$(BIN)/torchkron bench $(ARGS)
+
+sweep: $(STAMP)
+	$(BIN)/torchkron sweep $(DATA_ARG) $(ARGS)
+
+compress: $(STAMP)
+	$(BIN)/torchkron compress $(DATA_ARG) $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

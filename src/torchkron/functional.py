@@ -1,0 +1,279 @@
+"""Kronecker-factored linear maps as pure functions.
+
+A Kronecker-factored weight is given by ``k`` factor tensors, factor ``i`` of shape
+``(R, out_i, in_i)``, and stands for::
+
+    W = sum_r F_1[r] (x) F_2[r] (x) ... (x) F_k[r]        # (prod out_i, prod in_i)
+
+with :func:`torch.kron`'s index order (factor 1 is the most significant). The layer
+computes ``y = x @ W.T + bias`` as ``nn.Linear`` does.
+
+:func:`kron_linear` computes that product without ever building ``W``: it reshapes the
+input into a tensor with one mode per factor and contracts the modes one at a time, in
+the order that needs the fewest floating-point operations (see
+:func:`contraction_order`). :func:`kron_weight` builds ``W`` for inspection, export and
+tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "contraction_order",
+    "dense_flops",
+    "kron_flops",
+    "kron_linear",
+    "kron_weight",
+]
+
+# Orders of up to this many factors are searched exhaustively (8! = 40320 orders, once
+# per shape thanks to the cache); longer ones use the greedy order.
+_EXHAUSTIVE_MAX_FACTORS = 8
+
+
+def _check_factors(factors: Sequence[Tensor], caller: str) -> tuple[int, list[int], list[int]]:
+    """Validate factor tensors; return (rank, out_sizes, in_sizes)."""
+    if len(factors) == 0:
+        raise ValueError(f"{caller}: got no factors; pass a sequence of at least one tensor.")
+    for i, f in enumerate(factors):
+        if f.dim() != 3:
+            raise ValueError(
+                f"{caller}: factor {i} has shape {tuple(f.shape)}, but every factor must be "
+                "3-D (rank, out_i, in_i); add a leading rank dimension with factor.unsqueeze(0)."
+            )
+    ranks = {int(f.shape[0]) for f in factors}
+    if len(ranks) != 1:
+        shapes = [tuple(f.shape) for f in factors]
+        raise ValueError(
+            f"{caller}: the factors' leading (rank) dimensions differ: {shapes}; every factor "
+            "must hold the same number R of summed terms."
+        )
+    rank = ranks.pop()
+    if rank < 1:
+        raise ValueError(f"{caller}: the factors have rank 0; each needs at least one term.")
+    return rank, [int(f.shape[1]) for f in factors], [int(f.shape[2]) for f in factors]
+
+
+def kron_weight(factors: Sequence[Tensor]) -> Tensor:
+    """Build the dense weight ``W = sum_r F_1[r] (x) ... (x) F_k[r]``.
+
+    Args:
+        factors: ``k`` tensors, factor ``i`` of shape ``(R, out_i, in_i)``.
+
+    Returns:
+        ``W`` of shape ``(prod out_i, prod in_i)``, differentiable in the factors.
+
+    Examples:
+        >>> a, b = torch.randn(1, 2, 3), torch.randn(1, 4, 5)
+        >>> torch.equal(kron_weight([a, b]), torch.kron(a[0], b[0]))
+        True
+    """
+    rank, _, _ = _check_factors(factors, "kron_weight")
+    w = factors[0]  # (R, o, n)
+    for f in factors[1:]:
+        _, o, n = w.shape
+        _, p, q = f.shape
+        # Batched Kronecker product over the rank dimension.
+        w = (w[:, :, None, :, None] * f[:, None, :, None, :]).reshape(rank, o * p, n * q)
+    return w.sum(0)
+
+
+def _order_flops(order: Sequence[int], outs: Sequence[int], ins: Sequence[int], rank: int) -> int:
+    """FLOPs per input row of contracting the modes in ``order``."""
+    dims = list(ins)
+    total = 0
+    for i in order:
+        others = math.prod(dims) // dims[i]
+        total += 2 * rank * others * ins[i] * outs[i]
+        dims[i] = outs[i]
+    return total
+
+
+@lru_cache(maxsize=4096)
+def _best_order(outs: tuple[int, ...], ins: tuple[int, ...], rank: int) -> tuple[int, ...]:
+    k = len(outs)
+    if k <= _EXHAUSTIVE_MAX_FACTORS:
+        return min(
+            itertools.permutations(range(k)),
+            key=lambda order: (_order_flops(order, outs, ins, rank), order),
+        )
+    # Greedy: the mode that shrinks the tensor most goes first.
+    return tuple(sorted(range(k), key=lambda i: (outs[i] / ins[i], i)))
+
+
+def contraction_order(
+    out_sizes: Sequence[int], in_sizes: Sequence[int], rank: int = 1
+) -> tuple[int, ...]:
+    """The order of modes to contract that needs the fewest FLOPs.
+
+    Exhaustive for up to eight factors, greedy (most shrinking mode first) beyond.
+
+    Args:
+        out_sizes: ``out_i`` of each factor.
+        in_sizes: ``in_i`` of each factor.
+        rank: number of summed Kronecker terms ``R``.
+
+    Returns:
+        A permutation of ``range(k)``.
+    """
+    return _best_order(tuple(out_sizes), tuple(in_sizes), rank)
+
+
+def kron_flops(out_sizes: Sequence[int], in_sizes: Sequence[int], rank: int = 1) -> int:
+    """Forward FLOPs per input row of :func:`kron_linear` (bias excluded)."""
+    order = contraction_order(out_sizes, in_sizes, rank)
+    return _order_flops(order, out_sizes, in_sizes, rank)
+
+
+def dense_flops(in_features: int, out_features: int) -> int:
+    """Forward FLOPs per input row of a dense ``nn.Linear`` (bias excluded)."""
+    return 2 * in_features * out_features
+
+
+def kron_linear(x: Tensor, factors: Sequence[Tensor], bias: Tensor | None = None) -> Tensor:
+    """Apply a Kronecker-factored linear map, ``x @ W.T + bias``, without building ``W``.
+
+    Args:
+        x: input of shape ``(*, prod in_i)``.
+        factors: ``k >= 1`` tensors, factor ``i`` of shape ``(R, out_i, in_i)``, where
+            ``R >= 1`` is the number of summed Kronecker terms.
+        bias: optional ``(prod out_i,)`` tensor.
+
+    Returns:
+        Tensor of shape ``(*, prod out_i)``.
+
+    Shape:
+        - Input: ``(*, H_in)`` with ``H_in = prod in_i``; any leading dims, including none
+          and empty ones.
+        - Output: ``(*, H_out)`` with ``H_out = prod out_i``.
+
+    Examples:
+        >>> a, b = torch.randn(1, 25, 28), torch.randn(1, 25, 28)
+        >>> x = torch.randn(64, 784)
+        >>> y = kron_linear(x, [a, b])
+        >>> y.shape
+        torch.Size([64, 625])
+        >>> torch.allclose(y, x @ torch.kron(a[0], b[0]).T, atol=1e-4)
+        True
+    """
+    rank, outs, ins = _check_factors(factors, "kron_linear")
+    in_features, out_features = math.prod(ins), math.prod(outs)
+    if x.dim() == 0 or x.shape[-1] != in_features:
+        got = "a 0-d tensor" if x.dim() == 0 else f"shape {tuple(x.shape)}"
+        sizes = " x ".join(str(n) for n in ins)
+        raise ValueError(
+            f"kron_linear: the input has {got}, but its last dimension must be "
+            f"in_features={in_features} (the product of the factors' in-sizes {sizes}); "
+            f"reshape the input to (*, {in_features}) or use factors whose in-sizes "
+            f"multiply to {x.shape[-1] if x.dim() else 'its size'}."
+        )
+    if bias is not None and tuple(bias.shape) != (out_features,):
+        raise ValueError(
+            f"kron_linear: bias has shape {tuple(bias.shape)}, but it must be "
+            f"({out_features},) to match out_features."
+        )
+    lead = x.shape[:-1]
+    y = _contract(x.reshape(-1, in_features), factors, outs, ins, rank)
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*lead, out_features)
+
+
+class _Step(NamedTuple):
+    """One contraction of a precomputed plan (all sizes exclude the batch dimension)."""
+
+    kind: str  # "gemm" | "expand" | "joint" | "bmm" (see _plan)
+    factor: int  # which factor is contracted
+    perm: tuple[int, ...]  # permutation of the state before the contraction
+    rows: int  # rows of the GEMM per batch element (times R for "bmm")
+    out_shape: tuple[int, ...]  # state shape after the step, batch dimension excluded
+
+
+@lru_cache(maxsize=4096)
+def _plan_cached(outs: tuple[int, ...], ins: tuple[int, ...], rank: int) -> tuple[_Step, ...]:
+    k = len(outs)
+    order = _best_order(outs, ins, rank)
+    # The state carries named axes: "b" (batch), "r" (rank term) and the factor modes
+    # 0..k-1, each of size in_i until contracted, out_i after.
+    axes: list[int | str] = ["b", *range(k)]
+    sizes: dict[int | str, int] = {"b": 1, "r": rank, **dict(enumerate(ins))}
+    steps = []
+    for step, i in enumerate(order):
+        others = [a for a in axes if a not in (i, "r")]
+        rows = math.prod([sizes[a] for a in others if a != "b"])
+        if rank == 1:
+            kind, target, after = "gemm", [*others, i], [*others, i]
+        elif step == 0:
+            kind, target, after = "expand", [*others, i], [*others, "r", i]
+        elif step == k - 1:
+            kind, target, after = "joint", [*others, "r", i], [*others, i]
+        else:
+            kind, target, after = "bmm", ["r", *others, i], ["r", *others, i]
+        perm = tuple(axes.index(a) for a in target)
+        sizes[i] = outs[i]
+        axes = after
+        shape = tuple(sizes[a] for a in axes if a != "b")
+        steps.append(_Step(kind, i, perm, rows, shape))
+    final = tuple(axes.index(a) for a in ["b", *range(k)])
+    steps.append(_Step("final", -1, final, 0, (math.prod(outs),)))
+    return tuple(steps)
+
+
+def _plan_uncompiled(outs: tuple[int, ...], ins: tuple[int, ...], rank: int) -> tuple[_Step, ...]:
+    return _plan_cached(outs, ins, rank)
+
+
+# The plan depends only on the factor sizes, so torch.compile may treat it as a constant
+# instead of tracing the order search.
+_plan: Callable[[tuple[int, ...], tuple[int, ...], int], tuple[_Step, ...]] = (
+    torch.compiler.assume_constant_result(_plan_uncompiled)  # type: ignore[no-untyped-call]
+)
+
+
+def _permuted(t: Tensor, perm: tuple[int, ...]) -> Tensor:
+    return t if perm == tuple(range(len(perm))) else t.permute(perm)
+
+
+def _contract(
+    x: Tensor, factors: Sequence[Tensor], outs: list[int], ins: list[int], rank: int
+) -> Tensor:
+    """Contract ``x`` (B, prod in_i) with every factor; returns (B, prod out_i)."""
+    batch = x.shape[0]
+    if len(factors) == 1:
+        # A single factor is the weight itself (summed over the rank).
+        w = factors[0][0] if rank == 1 else factors[0].sum(0)
+        return x @ w.t()
+    t = x.reshape(batch, *ins)  # (B, n_1, ..., n_k)
+    for step in _plan(tuple(outs), tuple(ins), rank):
+        if step.kind == "final":
+            return _permuted(t, step.perm).reshape(batch, step.out_shape[0])
+        f = factors[step.factor]  # (R, o, n)
+        o, n = outs[step.factor], ins[step.factor]
+        t = _permuted(t, step.perm)
+        if step.kind == "gemm":
+            t = t.reshape(batch * step.rows, n) @ f[0].t()  # (B*M, o)
+        elif step.kind == "expand":
+            # All R terms at once: (B*M, n) @ (n, R*o).
+            t = t.reshape(batch * step.rows, n) @ f.permute(2, 0, 1).reshape(n, rank * o)
+        elif step.kind == "joint":
+            # The rank summed inside the GEMM: (B*M, R*n) @ (R*n, o).
+            t = t.reshape(batch * step.rows, rank * n) @ f.permute(0, 2, 1).reshape(rank * n, o)
+        else:
+            # One batched GEMM over the terms: (R, B*M, n) @ (R, n, o).
+            t = torch.bmm(t.reshape(rank, batch * step.rows, n), f.transpose(1, 2))
+        t = t.reshape(*_with_batch(step.kind, batch, rank, step.out_shape))
+    raise AssertionError("unreachable: every plan ends with a final step")
+
+
+def _with_batch(kind: str, batch: int, rank: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Insert the batch size into a plan's batch-free state shape."""
+    # After "bmm" the rank axis leads and the batch follows it; otherwise batch leads.
+    return (shape[0], batch, *shape[1:]) if kind == "bmm" else (batch, *shape)
