@@ -1,0 +1,94 @@
+"""``torchkron report DIR``: regenerate every result from ``DIR/runs/*.json`` alone.
+
+Writes ``summary.json``, ``results.md`` and (optionally) ``accuracy.png``/``loss.png``
+into ``DIR``. Nothing here trains or reads anything but the run files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torchkron.experiments.errors import UserError
+from torchkron.experiments.runs import RunRecord, load_runs
+from torchkron.experiments.summary import save_summary, summarize
+from torchkron.experiments.tables import format_duration, verdict, write_results_md
+
+__all__ = ["RUNS_DIR", "ReportPaths", "load_complete_runs", "report_text", "write_report"]
+
+RUNS_DIR = "runs"
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """The files a report wrote."""
+
+    summary: Path
+    results: Path
+    plots: tuple[Path, ...] = ()
+
+
+def load_complete_runs(out_dir: Path) -> list[RunRecord]:
+    """The complete run records in ``out_dir/runs``; a UserError when there are none."""
+    runs_dir = out_dir / RUNS_DIR
+    records = load_runs(runs_dir, complete_only=False)
+    complete = [r for r in records if r.get("complete")]
+    if complete:
+        return complete
+    if records:
+        raise UserError(
+            f"None of the {len(records)} run file(s) in {runs_dir} is complete; finish them "
+            f"with `torchkron reproduce --out {out_dir} --resume`, then report again."
+        )
+    raise UserError(
+        f"The runs folder {runs_dir} is empty; produce runs with "
+        f"`torchkron reproduce --out {out_dir}` first."
+    )
+
+
+def write_report(out_dir: Path, *, plots: bool = True) -> ReportPaths:
+    """Summarise the complete runs in ``out_dir/runs`` into ``out_dir``; return the paths."""
+    summary = summarize(load_complete_runs(out_dir))
+    summary_path = save_summary(out_dir, summary)
+    results_path = write_results_md(out_dir, summary)
+    plot_paths: tuple[Path, ...] = ()
+    if plots:
+        # Imported here: matplotlib is only needed when plotting.
+        from torchkron.experiments.plots import plot_curves
+
+        plot_paths = tuple(plot_curves(summary, out_dir))
+    return ReportPaths(summary_path, results_path, plot_paths)
+
+
+def _row(cells: list[str], widths: list[int]) -> str:
+    # First column left-aligned (names), the numbers right-aligned.
+    pairs = zip(cells[1:], widths[1:], strict=True)
+    parts = [cells[0].ljust(widths[0]), *(c.rjust(w) for c, w in pairs)]
+    return "  ".join(parts).rstrip()
+
+
+def report_text(summary: Mapping[str, Any]) -> str:
+    """A short console table: accuracy, loss, compression and speed, then the findings."""
+    header = ["variant", "weights", "seeds", "test acc %", "test loss", "compr.", "s/epoch"]
+    rows = [
+        [
+            v["name"],
+            f"{v['weights']:,}",
+            str(len(v["seeds"])),
+            f"{v['test_accuracy']['mean']:.2f} ± {v['test_accuracy']['std']:.2f}",
+            f"{v['test_loss']['mean']:.4f}",
+            "-" if v["compression"] is None else f"{v['compression']:,.1f}x",
+            f"{v['seconds_per_epoch']:.2f}",
+        ]
+        for v in summary["variants"]
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [_row(header, widths), *(_row(r, widths) for r in rows), ""]
+    lines += [f"[{verdict(f['holds'])}] {f['claim']}" for f in summary["findings"]]
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
+    lines.append(
+        f"{summary['runs']} runs, {format_duration(float(summary['wall_seconds']))} of training."
+    )
+    return "\n".join(lines)
