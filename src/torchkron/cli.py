@@ -304,7 +304,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 # Modules that add their own subcommand with ``register(subparsers)``; they import their
 # heavy dependencies only when the subcommand runs.
-_SUBCOMMAND_MODULES: tuple[str, ...] = ()
+_SUBCOMMAND_MODULES = tuple(f"torchkron.experiments.{m}" for m in ("plan", "sweep", "compress"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

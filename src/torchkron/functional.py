@@ -9,10 +9,12 @@ with :func:`torch.kron`'s index order (factor 1 is the most significant). The la
 computes ``y = x @ W.T + bias`` as ``nn.Linear`` does.
 
 :func:`kron_linear` computes that product without ever building ``W``: it reshapes the
-input into a tensor with one mode per factor and contracts the modes one at a time, in
-the order that needs the fewest floating-point operations (see
-:func:`contraction_order`). :func:`kron_weight` builds ``W`` for inspection, export and
-tests.
+input into a tensor with one mode per factor and contracts the modes one at a time. By
+default (``impl="bmm"``, see :data:`IMPLS`) each contraction is one GEMM or batched GEMM
+that leaves the modes in place, so the state is never permuted or copied; factors
+smaller than 16 x 16 are first multiplied out in pairs (never into ``W``), and the order
+is the one needing the fewest floating-point operations (see :func:`contraction_order`).
+:func:`kron_weight` builds ``W`` for inspection, export and tests.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from torchkron._autograd import GemmStep, chain
+
 __all__ = [
+    "IMPLS",
+    "choose_impl",
     "contraction_order",
     "dense_flops",
     "kron_flops",
@@ -138,7 +144,13 @@ def dense_flops(in_features: int, out_features: int) -> int:
     return 2 * in_features * out_features
 
 
-def kron_linear(x: Tensor, factors: Sequence[Tensor], bias: Tensor | None = None) -> Tensor:
+IMPLS: tuple[str, ...] = ("auto", "permute", "bmm", "fused", "fastkron")
+"""Names accepted by :func:`kron_linear`'s ``impl`` option (see there)."""
+
+
+def kron_linear(
+    x: Tensor, factors: Sequence[Tensor], bias: Tensor | None = None, *, impl: str = "auto"
+) -> Tensor:
     """Apply a Kronecker-factored linear map, ``x @ W.T + bias``, without building ``W``.
 
     Args:
@@ -146,6 +158,18 @@ def kron_linear(x: Tensor, factors: Sequence[Tensor], bias: Tensor | None = None
         factors: ``k >= 1`` tensors, factor ``i`` of shape ``(R, out_i, in_i)``, where
             ``R >= 1`` is the number of summed Kronecker terms.
         bias: optional ``(prod out_i,)`` tensor.
+        impl: how to contract; every choice computes the same function:
+
+            - ``"auto"`` (default): the one measured fastest for these sizes, device and
+              dtype (see :func:`choose_impl`).
+            - ``"permute"``: FLOP-optimal mode order; permutes the state so that every
+              contraction is one GEMM (autograd backward).
+            - ``"bmm"``: contracts each mode in place, one GEMM or batched GEMM per factor
+              and no copies of the state (autograd backward).
+            - ``"fused"``: as ``"bmm"``, but the whole product is one autograd node with a
+              hand-written backward.
+            - ``"fastkron"``: the ``pyfastkron`` package (optional extra ``fastkron``);
+              float32/float64 only. Raises if it is not installed.
 
     Returns:
         Tensor of shape ``(*, prod out_i)``.
@@ -180,10 +204,20 @@ def kron_linear(x: Tensor, factors: Sequence[Tensor], bias: Tensor | None = None
             f"kron_linear: bias has shape {tuple(bias.shape)}, but it must be "
             f"({out_features},) to match out_features."
         )
+    if impl not in IMPLS:
+        raise ValueError(
+            f"kron_linear: unknown impl {impl!r}; choose one of {', '.join(map(repr, IMPLS))}."
+        )
     lead = x.shape[:-1]
-    y = _contract(x.reshape(-1, in_features), factors, outs, ins, rank)
-    if bias is not None:
-        y = y + bias
+    x2 = x.reshape(-1, in_features)
+    if impl == "auto":
+        impl = _auto_impl(x2, factors, outs, ins, rank)
+    if impl in ("bmm", "fused") and len(factors) > 1:
+        y = _inplace(x2, factors, bias, outs, ins, rank, fused=impl == "fused")
+    else:
+        y = _IMPL_FUNCS[impl](x2, factors, outs, ins, rank)
+        if bias is not None:
+            y = y + bias
     return y.reshape(*lead, out_features)
 
 
@@ -245,7 +279,7 @@ def _permuted(t: Tensor, perm: tuple[int, ...]) -> Tensor:
 def _contract(
     x: Tensor, factors: Sequence[Tensor], outs: list[int], ins: list[int], rank: int
 ) -> Tensor:
-    """Contract ``x`` (B, prod in_i) with every factor; returns (B, prod out_i)."""
+    """``impl="permute"``: contract ``x`` (B, prod in_i) with every factor; (B, prod out_i)."""
     batch = x.shape[0]
     if len(factors) == 1:
         # A single factor is the weight itself (summed over the rank).
@@ -277,3 +311,194 @@ def _with_batch(kind: str, batch: int, rank: int, shape: tuple[int, ...]) -> tup
     """Insert the batch size into a plan's batch-free state shape."""
     # After "bmm" the rank axis leads and the batch follows it; otherwise batch leads.
     return (shape[0], batch, *shape[1:]) if kind == "bmm" else (batch, *shape)
+
+
+# --------------------------------------------------------------------------------------
+# impl="bmm" / "fused": in-place contractions (see torchkron._autograd).
+
+
+def _kron_terms(factors: Sequence[Tensor]) -> Tensor:
+    """``(R, prod out_i, prod in_i)``: the Kronecker product of each rank term, unsummed."""
+    w = factors[0]
+    rank = w.shape[0]
+    for f in factors[1:]:
+        _, o, n = w.shape
+        _, p, q = f.shape
+        w = (w[:, :, None, :, None] * f[:, None, :, None, :]).reshape(rank, o * p, n * q)
+    return w
+
+
+# A run of consecutive factors is multiplied out into one when every factor in it is at
+# most this small (out_i * in_i): a contraction with an 8 x 8 factor moves 8 bytes per
+# 16 FLOPs and runs memory-bound, while the merged 64 x 64 factor does 4x the FLOPs in
+# less time (4096 as 8x8^4, training step 79 -> 52 ms; benchmarks/NOTES.md). A merged
+# factor never exceeds _GROUP_MAX_SIZE entries, and at least two groups always remain:
+# W itself is never built.
+_GROUP_SMALL = 16 * 16
+_GROUP_MAX_SIZE = 64 * 64
+
+
+class _ChainPlan(NamedTuple):
+    groups: tuple[int, ...]  # number of consecutive factors merged into each group
+    order: tuple[int, ...]  # contraction order of the groups
+    joint: bool  # two groups and R > 1: all terms in one pair of GEMMs
+    steps: tuple[GemmStep, ...]
+
+
+def _group_sizes(outs: tuple[int, ...], ins: tuple[int, ...]) -> tuple[int, ...]:
+    groups: list[int] = []
+    size = 0
+    for o, n in zip(outs, ins, strict=True):
+        small = o * n <= _GROUP_SMALL
+        if groups and small and size * o * n <= _GROUP_MAX_SIZE and size > 0:
+            groups[-1] += 1
+            size *= o * n
+        else:
+            groups.append(1)
+            size = o * n if small else 0  # 0: a large factor starts a closed group
+    if len(groups) == 1 and len(outs) > 1:
+        # Everything fitted into one group: split it in two halves instead.
+        half = len(outs) // 2
+        groups = [half, len(outs) - half]
+    return tuple(groups)
+
+
+@lru_cache(maxsize=4096)
+def _chain_plan_cached(outs: tuple[int, ...], ins: tuple[int, ...], rank: int) -> _ChainPlan:
+    groups = _group_sizes(outs, ins)
+    bounds = list(itertools.accumulate(groups, initial=0))
+    g_outs = tuple(math.prod(outs[a:b]) for a, b in itertools.pairwise(bounds))
+    g_ins = tuple(math.prod(ins[a:b]) for a, b in itertools.pairwise(bounds))
+    if len(groups) == 2 and rank > 1:
+        (o1, o2), (n1, n2) = g_outs, g_ins
+        # Mode 2 first (as the wider out-dimension R * o2 of a plain GEMM), then mode 1
+        # with the rank summed inside the contraction (k = n1 * R).
+        steps = (GemmStep(n1, n2, rank * o2, 1), GemmStep(1, n1 * rank, o1, o2))
+        return _ChainPlan(groups, (1, 0), True, steps)
+    order = _best_order(g_outs, g_ins, 1)
+    if len(g_outs) == 2 and _order_flops((0, 1), g_outs, g_ins, 1) == _order_flops(
+        (1, 0), g_outs, g_ins, 1
+    ):
+        # A FLOP tie (square factors): the plain GEMM first, then the first mode with
+        # pre == 1, whose GEMM can add the bias itself (both orders time alike).
+        order = (1, 0)
+    dims = list(g_ins)
+    steps_list = []
+    for i in order:
+        steps_list.append(
+            GemmStep(math.prod(dims[:i]), g_ins[i], g_outs[i], math.prod(dims[i + 1 :]))
+        )
+        dims[i] = g_outs[i]
+    return _ChainPlan(groups, order, False, tuple(steps_list))
+
+
+def _chain_plan_uncompiled(outs: tuple[int, ...], ins: tuple[int, ...], rank: int) -> _ChainPlan:
+    return _chain_plan_cached(outs, ins, rank)
+
+
+_chain_plan: Callable[[tuple[int, ...], tuple[int, ...], int], _ChainPlan] = (
+    torch.compiler.assume_constant_result(_chain_plan_uncompiled)  # type: ignore[no-untyped-call]
+)
+
+
+def _chain_mats(factors: Sequence[Tensor], plan: _ChainPlan) -> list[Tensor]:
+    """The groups' merged factors, ``(R, out_g, in_g)`` each."""
+    merged = []
+    start = 0
+    for size in plan.groups:
+        part = factors[start : start + size]
+        merged.append(part[0] if size == 1 else _kron_terms(part))
+        start += size
+    return merged
+
+
+def _inplace(
+    x: Tensor,
+    factors: Sequence[Tensor],
+    bias: Tensor | None,
+    outs: list[int],
+    ins: list[int],
+    rank: int,
+    fused: bool,
+) -> Tensor:
+    """``impl="bmm"`` (``fused=False``) and ``impl="fused"``, bias included."""
+    plan = _chain_plan(tuple(outs), tuple(ins), rank)
+    merged = _chain_mats(factors, plan)
+    if plan.joint:
+        f1, f2 = merged
+        r, o2, n2 = f2.shape
+        o1, n1 = f1.shape[1], f1.shape[2]
+        # Rows (r, o2) of the first GEMM; columns (i1, r) of the second: the rank axis
+        # produced by the first step sits right after mode 1, where the second sums it.
+        mats = [f2.reshape(r * o2, n2), f1.permute(1, 2, 0).reshape(o1, n1 * r)]
+        return chain(x, mats, plan.steps, fused, bias)
+    # flatten(0, 1) of a (1, o, n) factor is a view: cheaper for autograd than [0].
+    terms = [merged[i].flatten(0, 1) if rank == 1 else merged[i] for i in plan.order]
+    if rank == 1:
+        return chain(x, terms, plan.steps, fused, bias)
+    # Three or more groups with R > 1: the sum of R rank-one chains (the same FLOPs as
+    # carrying the rank axis through, without a second level of batching).
+    y = chain(x, [t[0] for t in terms], plan.steps, fused, bias)
+    for r in range(1, rank):
+        y = y + chain(x, [t[r] for t in terms], plan.steps, fused)
+    return y
+
+
+def _impl_bmm(x: Tensor, f: Sequence[Tensor], outs: list[int], ins: list[int], rank: int) -> Tensor:
+    if len(f) == 1:
+        w = f[0].flatten(0, 1) if rank == 1 else f[0].sum(0)
+        return x @ w.t()
+    return _inplace(x, f, None, outs, ins, rank, fused=False)
+
+
+def _impl_fused(
+    x: Tensor, f: Sequence[Tensor], outs: list[int], ins: list[int], rank: int
+) -> Tensor:
+    if len(f) == 1:
+        return _impl_bmm(x, f, outs, ins, rank)
+    return _inplace(x, f, None, outs, ins, rank, fused=True)
+
+
+def _impl_fastkron(
+    x: Tensor, f: Sequence[Tensor], outs: list[int], ins: list[int], rank: int
+) -> Tensor:
+    from torchkron import _fastkron
+
+    if x.shape[0] == 0 or len(f) == 1:
+        # FastKron rejects empty inputs, and its backward fails for a single factor, which
+        # is a plain matrix product anyway.
+        reason = _fastkron.unsupported_reason(x, f)
+        if reason is not None:
+            raise RuntimeError(f"kron_linear(impl='fastkron'): {reason}.")
+        return _impl_bmm(x, f, outs, ins, rank)
+    return _fastkron.kron_linear(x, f, rank)
+
+
+_IMPL_FUNCS: dict[str, Callable[[Tensor, Sequence[Tensor], list[int], list[int], int], Tensor]] = {
+    "permute": _contract,
+    "bmm": _impl_bmm,
+    "fused": _impl_fused,
+    "fastkron": _impl_fastkron,
+}
+
+
+def choose_impl(x: Tensor, factors: Sequence[Tensor]) -> str:
+    """The ``impl`` that ``kron_linear(x, factors, impl="auto")`` runs.
+
+    The choice depends on the sizes, the device, the dtype, and on whether autograd will
+    need a backward (grad mode on and ``x`` or a factor requiring grad).
+    """
+    rank, outs, ins = _check_factors(factors, "choose_impl")
+    return _auto_impl(x.reshape(-1, x.shape[-1]), factors, outs, ins, rank)
+
+
+def _auto_impl(
+    x: Tensor, factors: Sequence[Tensor], outs: list[int], ins: list[int], rank: int
+) -> str:
+    # "bmm" measured fastest (or within noise of the fastest) at every benchmark shape on
+    # the CPU, for inference and training alike: it issues the fewest kernels and autograd
+    # differentiates it with the same GEMMs "fused" writes out by hand, at a lower fixed
+    # cost per step than a Python backward (benchmarks/NOTES.md). Under torch.compile it
+    # is also the right graph: plain batched GEMMs, nothing opaque.
+    del x, factors, outs, ins, rank  # the choice does not depend on them (yet)
+    return "bmm"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -210,3 +211,39 @@ def test_import_torchkron_stays_light():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _real_mnist() -> Path | None:
+    env = os.environ.get("TORCHKRON_DATA")
+    root = Path(__file__).resolve().parents[2]
+    for candidate in (Path(env) if env else None, root.parent / "shared" / "data" / "mnist"):
+        if candidate is not None and candidate.is_dir():
+            return candidate
+    return None
+
+
+@pytest.mark.mnist
+def test_one_epoch_on_real_mnist(tmp_path):
+    folder = _real_mnist()
+    if folder is None:
+        pytest.skip("no MNIST folder (set TORCHKRON_DATA or provide ../shared/data/mnist)")
+    out = tmp_path / "mnist"
+    code = main(
+        [
+            "train",
+            "--variant",
+            "one-kron-mat",
+            "--epochs",
+            "1",
+            "--data-dir",
+            str(folder),
+            "--no-download",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    record = json.loads((out / "runs" / "one-kron-mat--seed0.json").read_text())
+    # One epoch of the seed's recipe already reaches ~96% (the seed reports ~97-98% at 35).
+    assert record["history"]["test_accuracy"][0] > 93.0

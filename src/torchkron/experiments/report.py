@@ -6,6 +6,7 @@ into ``DIR``. Nothing here trains or reads anything but the run files.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ def load_complete_runs(out_dir: Path) -> list[RunRecord]:
 def write_report(out_dir: Path, *, plots: bool = True) -> ReportPaths:
     """Summarise the complete runs in ``out_dir/runs`` into ``out_dir``; return the paths."""
     summary = summarize(load_complete_runs(out_dir))
+    summary["sessions"] = load_sessions(out_dir)
     summary_path = save_summary(out_dir, summary)
     results_path = write_results_md(out_dir, summary)
     plot_paths: tuple[Path, ...] = ()
@@ -60,6 +62,20 @@ def write_report(out_dir: Path, *, plots: bool = True) -> ReportPaths:
 
         plot_paths = tuple(plot_curves(summary, out_dir))
     return ReportPaths(summary_path, results_path, plot_paths)
+
+
+def load_sessions(out_dir: Path) -> list[dict[str, Any]]:
+    """The wall-clock records ``reproduce`` keeps in ``sessions.json`` (empty if none)."""
+    path = out_dir / "sessions.json"
+    if not path.exists():
+        return []
+    try:
+        sessions = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"{path} is not valid JSON ({exc}); delete it (it only holds timings)."
+        ) from None
+    return [dict(s) for s in sessions] if isinstance(sessions, list) else []
 
 
 def _row(cells: list[str], widths: list[int]) -> str:

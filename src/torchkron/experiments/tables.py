@@ -135,6 +135,27 @@ def _warnings(summary: Summary) -> list[str]:
     return ["## Warnings", "", *[f"- {w}" for w in summary["warnings"]], ""]
 
 
+def _sessions(summary: Summary) -> list[str]:
+    """Wall time of the reproduce sessions that produced these runs (sessions.json)."""
+    sessions = summary.get("sessions") or []
+    if not sessions:
+        return []
+    last = sessions[-1]
+    env = last.get("environment", {})
+    cpu, cores, torch_version = (env.get(k, "?") for k in ("processor", "cpu_count", "torch"))
+    where = f"{cpu}, {cores} CPUs, torch {torch_version}"
+    lines = [
+        "",
+        f"Wall time of the last session: {format_duration(float(last['wall_seconds']))} "
+        f"({last['runs']} runs, {last['workers']} worker process(es); {where}), "
+        f"command `{last['command']}`.",
+    ]
+    if len(sessions) > 1:
+        total = sum(float(s["wall_seconds"]) for s in sessions)
+        lines.append(f"All {len(sessions)} sessions together: {format_duration(total)}.")
+    return lines
+
+
 def results_markdown(summary: Summary) -> str:
     """``results.md`` for ``summary``: setup line, table, findings, warnings, wall time."""
     wall = float(summary["wall_seconds"])
@@ -151,8 +172,9 @@ def results_markdown(summary: Summary) -> str:
         *_findings(summary),
         "",
         *_warnings(summary),
-        f"Total wall time: {format_duration(wall)} ({wall:,.0f} s summed over "
+        f"Training time: {format_duration(wall)} ({wall:,.0f} s summed over "
         f"{summary['runs']} runs).",
+        *_sessions(summary),
     ]
     return "\n".join(lines) + "\n"
 

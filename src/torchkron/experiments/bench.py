@@ -1,0 +1,951 @@
+"""Benchmark suite: ``torchkron bench`` / ``python -m torchkron.experiments.bench``.
+
+Times, in the same run and on the same input, every implementation of one Kronecker-
+factored linear map ``y = x @ (sum_r F_1[r] (x) ... (x) F_k[r]).T + b``:
+
+- ``nn.Linear`` of the full size (``dense``);
+- ``materialize``: build ``W`` with ``torch.kron`` on every call, then ``F.linear`` (what
+  PEFT's and LyCORIS's LoKr layers do);
+- ``pyfastkron``: FastKron's ``gemkm`` (optional package);
+- ``tltorch``: tensorly-torch's ``FactorizedLinear`` as a block tensor-train with TT-ranks
+  1 (rank 1) or ``(1, R, 1)`` (two factors), which is exactly this map (optional package);
+- ``torchkron:<impl>`` for each :data:`torchkron.functional.IMPLS` entry and
+  ``KronLinear`` (its automatic choice).
+
+Each contender is timed for a forward pass without autograd (``forward``) and for a
+training step (``train``: forward and backward for the input, the factors and the bias),
+with :mod:`torch.utils.benchmark` medians after a warm-up, contenders interleaved over
+several rounds so that load from other processes hits them alike. Every contender is
+first checked to compute the same output as ``torchkron:permute``.
+
+Results go to ``<out>/bench-<device>[-quick].json`` and ``.md``, stamped with the
+machine, thread count, torch version and git commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch.utils.benchmark as tbench
+from torch import Tensor, nn
+
+from torchkron import KronLinear
+from torchkron.functional import (
+    IMPLS,
+    choose_impl,
+    dense_flops,
+    kron_flops,
+    kron_linear,
+    kron_weight,
+)
+
+__all__ = [
+    "DEFAULT_SHAPES",
+    "QUICK_SHAPES",
+    "SCHEMA",
+    "BenchShape",
+    "add_arguments",
+    "main",
+    "run_suite",
+]
+
+SCHEMA = 1
+MODES = ("forward", "train")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchShape:
+    """One layer and batch size to time."""
+
+    name: str
+    factors: tuple[tuple[int, int], ...]  # (out_i, in_i) per factor
+    batch: int
+    rank: int = 1
+    dense: bool = True  # False: W is too large to allocate; skip dense and materialize
+
+    @property
+    def in_features(self) -> int:
+        return math.prod(n for _, n in self.factors)
+
+    @property
+    def out_features(self) -> int:
+        return math.prod(o for o, _ in self.factors)
+
+    def describe(self) -> str:
+        facs = " (x) ".join(f"{o}x{n}" for o, n in self.factors)
+        rank = f", R={self.rank}" if self.rank > 1 else ""
+        return f"{self.in_features}->{self.out_features} [{facs}{rank}] batch {self.batch}"
+
+
+DEFAULT_SHAPES: tuple[BenchShape, ...] = (
+    BenchShape("784-625-b64", ((25, 28), (25, 28)), 64),
+    BenchShape("784-625-b1000", ((25, 28), (25, 28)), 1000),
+    BenchShape("784-625-r4-b64", ((25, 28), (25, 28)), 64, rank=4),
+    BenchShape("1024-b256", ((32, 32), (32, 32)), 256),
+    BenchShape("4096-b1024", ((64, 64), (64, 64)), 1024),
+    BenchShape("4096-3f-b1024", ((16, 16), (16, 16), (16, 16)), 1024),
+    BenchShape("4096-4f-b1024", ((8, 8), (8, 8), (8, 8), (8, 8)), 1024),
+    BenchShape("4096-r4-b1024", ((64, 64), (64, 64)), 1024, rank=4),
+    # W would be 65536 x 65536 (16 GiB in float32): no dense contender can run.
+    BenchShape("65536-b64", ((256, 256), (256, 256)), 64, dense=False),
+)
+
+QUICK_SHAPES: tuple[BenchShape, ...] = (
+    BenchShape("quick-2f", ((4, 6), (5, 3)), 8),
+    BenchShape("quick-3f-r2", ((2, 3), (3, 2), (2, 2)), 4, rank=2),
+    BenchShape("quick-nodense", ((8, 8), (8, 8)), 4, dense=False),
+)
+
+# The goals of the benchmark issue: KronLinear's training step against nn.Linear's.
+GOALS: dict[str, float] = {"784-625-b64": 6.0, "1024-b256": 12.0, "4096-b1024": 22.0}
+MEMORY_GOAL_BYTES = 1 << 30  # peak of a 65536 -> 65536 training step at batch 64
+_NO_DENSE = {s.name for s in (*DEFAULT_SHAPES, *QUICK_SHAPES) if not s.dense}
+
+
+# --------------------------------------------------------------------------------------
+# Contenders
+
+
+@dataclasses.dataclass
+class Contender:
+    """A callable computing the layer, its trainable tensors, and its FLOP count."""
+
+    name: str
+    fn: Callable[[Tensor], Tensor]
+    params: list[Tensor]
+    flops: int  # forward FLOPs of this formulation for the whole batch
+    note: str = ""
+
+
+class Skip(Exception):
+    """A contender that cannot run here; the message says why."""
+
+
+def _factors(shape: BenchShape, dtype: torch.dtype, device: torch.device) -> list[Tensor]:
+    g = torch.Generator().manual_seed(0)
+    # Scaled so that W has nn.Linear's variance and outputs stay O(1) in bfloat16.
+    std = (1.0 / (3.0 * shape.in_features * shape.rank)) ** (1.0 / (2 * len(shape.factors)))
+    return [
+        (torch.randn(shape.rank, o, n, generator=g) * std).to(device, dtype)
+        for o, n in shape.factors
+    ]
+
+
+def _chain_flops(shape: BenchShape) -> int:
+    """Forward FLOPs per row of torchkron's in-place chain (including grouped factors)."""
+    from torchkron.functional import _chain_plan_cached
+
+    outs = tuple(o for o, _ in shape.factors)
+    ins = tuple(n for _, n in shape.factors)
+    if len(outs) == 1:
+        return dense_flops(ins[0], outs[0])
+    plan = _chain_plan_cached(outs, ins, shape.rank)
+    per_chain = sum(2 * s.pre * s.k * s.m * s.post for s in plan.steps)
+    return per_chain * (1 if plan.joint else shape.rank)
+
+
+def _build_contender(
+    name: str,
+    shape: BenchShape,
+    factors: list[Tensor],
+    bias: Tensor,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Contender:
+    outs = [o for o, _ in shape.factors]
+    ins = [n for _, n in shape.factors]
+    b = shape.batch
+    kron = b * kron_flops(outs, ins, shape.rank)
+    dense = b * dense_flops(shape.in_features, shape.out_features)
+    if name in ("dense", "materialize") and not shape.dense:
+        size = shape.in_features * shape.out_features * torch.finfo(dtype).bits // 8
+        raise Skip(f"not run: the dense W alone would take {_fmt_bytes(size)}")
+    if name == "dense":
+        lin = nn.Linear(shape.in_features, shape.out_features, device=device, dtype=dtype)
+        with torch.no_grad():
+            lin.weight.copy_(kron_weight(factors))
+            lin.bias.copy_(bias)
+        return Contender(name, lin, list(lin.parameters()), dense)
+    if name == "materialize":
+        fs = [f.clone().requires_grad_() for f in factors]
+        bb = bias.clone().requires_grad_()
+
+        def materialize(x: Tensor) -> Tensor:
+            w = _torch_kron_sum(fs)
+            return F.linear(x, w, bb)
+
+        build = shape.rank * shape.in_features * shape.out_features
+        return Contender(name, materialize, [*fs, bb], dense + build, "torch.kron + F.linear")
+    if name == "pyfastkron":
+        return _pyfastkron_contender(shape, factors, bias, dtype, kron)
+    if name == "tltorch":
+        return _tltorch_contender(shape, factors, bias, dtype, device, kron)
+    if name == "KronLinear":
+        layer = KronLinear(
+            shape.in_features,
+            shape.out_features,
+            shapes=shape.factors,
+            rank=shape.rank,
+            device=device,
+            dtype=dtype,
+        )
+        with torch.no_grad():
+            for p, f in zip(layer.factors, factors, strict=True):
+                p.copy_(f)
+            assert layer.bias is not None
+            layer.bias.copy_(bias)
+        return Contender(name, layer, list(layer.parameters()), b * _chain_flops(shape))
+    if name.startswith("torchkron:"):
+        impl = name.split(":", 1)[1]
+        if impl == "fastkron":
+            from torchkron import _fastkron
+
+            x_probe = torch.empty(1, shape.in_features, dtype=dtype, device=device)
+            reason = _fastkron.unsupported_reason(x_probe, factors)
+            if reason is not None:
+                raise Skip(reason)
+        wrapped = _ImplLayer(factors, bias, impl)
+        flops = b * _chain_flops(shape) if impl in ("bmm", "fused") else kron
+        return Contender(name, wrapped, list(wrapped.parameters()), flops)
+    raise ValueError(f"unknown contender {name!r}")
+
+
+class _ImplLayer(nn.Module):
+    """``kron_linear`` with a fixed ``impl``, called as a module as KronLinear is.
+
+    Going through ``nn.Module.__call__`` like KronLinear keeps the comparison with the
+    layer's automatic choice about the choice, not about module-call overhead.
+    """
+
+    def __init__(self, factors: Sequence[Tensor], bias: Tensor, impl: str) -> None:
+        super().__init__()
+        self.num_factors = len(factors)
+        for i, f in enumerate(factors):
+            self.register_parameter(f"factor_{i}", nn.Parameter(f.clone()))
+        self.bias = nn.Parameter(bias.clone())
+        self.impl = impl
+
+    def forward(self, x: Tensor) -> Tensor:
+        factors = [getattr(self, f"factor_{i}") for i in range(self.num_factors)]
+        return kron_linear(x, factors, self.bias, impl=self.impl)
+
+
+def _torch_kron_sum(factors: Sequence[Tensor]) -> Tensor:
+    """``sum_r kron(F_1[r], ..., F_k[r])`` with torch.kron, as LoKr implementations do."""
+    total: Tensor | None = None
+    for r in range(factors[0].shape[0]):
+        w = factors[0][r]
+        for f in factors[1:]:
+            w = torch.kron(w, f[r])
+        total = w if total is None else total + w
+    assert total is not None
+    return total
+
+
+def _pyfastkron_contender(
+    shape: BenchShape, factors: list[Tensor], bias: Tensor, dtype: torch.dtype, flops: int
+) -> Contender:
+    try:
+        from pyfastkron import fastkrontorch as fk
+    except Exception as exc:  # not installed, or its native library does not load
+        raise Skip(f"pyfastkron not importable ({type(exc).__name__}: {exc})") from None
+    if dtype not in (torch.float32, torch.float64):
+        raise Skip(f"pyfastkron supports float32/float64 only, not {dtype}")
+    fs = [f.clone().requires_grad_() for f in factors]
+    bb = bias.clone().requires_grad_()
+
+    def fn(x: Tensor) -> Tensor:
+        y: Tensor = fk.gemkm(x, [f[0].t() for f in fs])
+        for r in range(1, shape.rank):
+            y = y + fk.gemkm(x, [f[r].t() for f in fs])
+        return y + bb
+
+    note = "one gemkm per rank term" if shape.rank > 1 else ""
+    return Contender("pyfastkron", fn, [*fs, bb], flops, note)
+
+
+def _tltorch_contender(
+    shape: BenchShape,
+    factors: list[Tensor],
+    bias: Tensor,
+    dtype: torch.dtype,
+    device: torch.device,
+    flops: int,
+) -> Contender:
+    try:
+        import tltorch
+    except Exception as exc:
+        raise Skip(f"tensorly-torch not importable ({type(exc).__name__}: {exc})") from None
+    k = len(shape.factors)
+    if shape.rank > 1 and k > 2:
+        raise Skip(
+            "a sum of R Kronecker products of k > 2 factors is not a block tensor-train "
+            "of TT-rank R; tltorch has no exact equivalent"
+        )
+    ranks = (1, shape.rank, 1) if k == 2 else (1,) * (k + 1)
+    layer = tltorch.FactorizedLinear(
+        tuple(n for _, n in shape.factors),
+        tuple(o for o, _ in shape.factors),
+        factorization="blocktt",
+        rank=ranks,
+        device=device,
+        dtype=dtype,
+    )
+    with torch.no_grad():
+        cores = layer.weight.factors  # core i: (r_i, out_i, in_i, r_{i+1})
+        if k == 2:
+            cores[0].copy_(factors[0].permute(1, 2, 0).unsqueeze(0))
+            cores[1].copy_(factors[1].unsqueeze(-1))
+        else:
+            for core, f in zip(cores, factors, strict=True):
+                core.copy_(f[0][None, :, :, None])
+        layer.bias.copy_(bias)
+    return Contender("tltorch", layer, list(layer.parameters()), flops, "blocktt einsum")
+
+
+def contender_names() -> list[str]:
+    impls = [f"torchkron:{i}" for i in IMPLS if i != "auto"]
+    return ["dense", "materialize", "pyfastkron", "tltorch", *impls, "KronLinear"]
+
+
+# --------------------------------------------------------------------------------------
+# Timing
+
+
+def _train_step(c: Contender, x: Tensor, grad_out: Tensor) -> Callable[[], None]:
+    def step() -> None:
+        x.grad = None
+        for p in c.params:
+            p.grad = None
+        c.fn(x).backward(grad_out)  # type: ignore[no-untyped-call]
+
+    return step
+
+
+def _forward_step(c: Contender, x: Tensor) -> Callable[[], None]:
+    def step() -> None:
+        with torch.no_grad():
+            c.fn(x)
+
+    return step
+
+
+def _time(fn: Callable[[], None], threads: int, min_run_time: float) -> list[float]:
+    """Per-block seconds of one blocked_autorange."""
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    return [t for t in m.times]
+
+
+def _warm(fn: Callable[[], None], seconds: float) -> None:
+    start = time.perf_counter()
+    for i in range(1000):
+        fn()
+        if i >= 2 and time.perf_counter() - start > seconds:
+            break
+
+
+def step_peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
+    """Peak bytes held by the tensors that one call of ``fn`` allocates.
+
+    That is the call's own working memory (activations, gradients, temporaries); tensors
+    that were live before the call (parameters, inputs) come on top.
+
+    CUDA: the allocator's peak statistics. CPU: torch.profiler's memory events, which
+    record every allocation and free of torch's CPU allocator with its running total.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - before)
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        trace = json.loads(path.read_text())
+    events = sorted(
+        (e for e in trace.get("traceEvents", []) if e.get("name") == "[memory]"),
+        key=lambda e: float(e.get("ts", 0.0)),
+    )
+    # Replay allocations and frees in order, counting a free only for a block allocated
+    # during this call (frees of older blocks, e.g. last step's gradients, are reported
+    # inconsistently by the profiler); the events' own running totals are not reset
+    # between profiles, so they are not used.
+    live = peak = 0
+    blocks: dict[int, int] = {}
+    for e in events:
+        size, addr = int(e["args"].get("Bytes", 0)), int(e["args"].get("Addr", 0))
+        if size > 0:
+            blocks[addr] = size
+            live += size
+        elif addr in blocks:
+            live -= blocks.pop(addr)
+        peak = max(peak, live)
+    return peak
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence the profiler backend's start/stop lines, which it writes to fd 2."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _check_same(outputs: dict[str, Tensor], dtype: torch.dtype) -> dict[str, str]:
+    """Contenders whose forward output differs from the reference, with the error."""
+    ref = outputs.get("torchkron:permute")
+    if ref is None:
+        return {}
+    tol = 3e-2 if dtype == torch.bfloat16 else 1e-3
+    bad = {}
+    scale = float(ref.float().abs().max()) + 1e-12
+    for name, out in outputs.items():
+        err = float((out.float() - ref.float()).abs().max()) / scale
+        if not err <= tol:
+            bad[name] = f"output differs from torchkron:permute (max rel. error {err:.2e})"
+    return bad
+
+
+@dataclasses.dataclass
+class SuiteConfig:
+    device: torch.device
+    dtypes: list[torch.dtype]
+    shapes: list[BenchShape]
+    contenders: list[str]
+    threads: int
+    min_run_time: float
+    rounds: int
+    warmup: float
+    memory: bool
+
+
+def _failed(base: dict[str, Any], mode: str, name: str, status: str, reason: str) -> dict[str, Any]:
+    return {**base, "mode": mode, "contender": name, "status": status, "reason": reason}
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _bench_shape(
+    shape: BenchShape, dtype: torch.dtype, cfg: SuiteConfig, log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    device = cfg.device
+    factors = _factors(shape, dtype, device)
+    bias = (torch.randn(shape.out_features, generator=torch.Generator().manual_seed(1)) * 0.1).to(
+        device, dtype
+    )
+    gx = torch.Generator().manual_seed(2)
+    x = torch.randn(shape.batch, shape.in_features, generator=gx).to(device, dtype)
+    grad_out = torch.randn(shape.batch, shape.out_features, generator=gx).to(device, dtype)
+    rows: list[dict[str, Any]] = []
+    contenders: dict[str, Contender] = {}
+    base = {"shape": shape.name, "dtype": str(dtype).removeprefix("torch.")}
+    for name in cfg.contenders:
+        try:
+            contenders[name] = _build_contender(name, shape, factors, bias, dtype, device)
+        except Skip as why:
+            rows += [_failed(base, mode, name, "skipped", str(why)) for mode in MODES]
+        except Exception as exc:  # a contender that breaks must not stop the suite
+            rows += [_failed(base, mode, name, "error", _describe(exc)) for mode in MODES]
+    # Correctness first: every contender must compute the same map.
+    outputs: dict[str, Tensor] = {}
+    for name, c in list(contenders.items()):
+        try:
+            with torch.no_grad():
+                outputs[name] = c.fn(x).detach()
+        except Exception as exc:
+            del contenders[name]
+            rows += [_failed(base, mode, name, "error", _describe(exc)) for mode in MODES]
+    for name, reason in _check_same(outputs, dtype).items():
+        del contenders[name]
+        rows += [_failed(base, mode, name, "error", reason) for mode in MODES]
+    with torch.no_grad():
+        auto_forward = choose_impl(x, factors)
+    with torch.enable_grad():
+        auto_train = choose_impl(
+            x.detach().requires_grad_(), [f.detach().requires_grad_() for f in factors]
+        )
+    for mode in MODES:
+        xm = x.clone().requires_grad_(mode == "train")
+        steps: dict[str, Callable[[], None]] = {}
+        for name, c in contenders.items():
+            step = _train_step(c, xm, grad_out) if mode == "train" else _forward_step(c, xm)
+            try:
+                _warm(step, cfg.warmup)
+            except Exception as exc:
+                rows.append(_failed(base, mode, name, "error", _describe(exc)))
+                continue
+            steps[name] = step
+        times: dict[str, list[float]] = {n: [] for n in steps}
+        blocks: dict[str, list[float]] = {n: [] for n in steps}
+        for _ in range(cfg.rounds):  # interleaved: background load hits everyone alike
+            for name, step in steps.items():
+                t = _time(step, cfg.threads, cfg.min_run_time)
+                times[name].append(statistics.median(t))
+                blocks[name].extend(t)
+        for name in steps:
+            c = contenders[name]
+            med = statistics.median(times[name])
+            q = statistics.quantiles(blocks[name], n=4) if len(blocks[name]) > 1 else [med] * 3
+            flops = c.flops * (3 if mode == "train" else 1)
+            row: dict[str, Any] = {
+                **base,
+                "mode": mode,
+                "contender": name,
+                "status": "ok",
+                "median_s": med,
+                "min_round_s": min(times[name]),  # least disturbed round, for reference
+                "iqr_s": q[2] - q[0],
+                "round_medians_s": times[name],
+                "flops": flops,
+                "gflops_per_s": flops / med / 1e9,
+                "note": c.note,
+            }
+            if name == "KronLinear":
+                row["auto_impl"] = auto_train if mode == "train" else auto_forward
+            if cfg.memory and mode == "train" and name in ("KronLinear", "dense"):
+                row["peak_step_bytes"] = step_peak_bytes(steps[name], device)
+                # Live before and throughout the step: parameters, input, output gradient.
+                live = [*c.params, xm, grad_out]
+                row["resident_bytes"] = sum(t.numel() * t.element_size() for t in live)
+            rows.append(row)
+        ok = [r for r in rows if r["mode"] == mode and r["status"] == "ok"]
+        dense_t = next((r["median_s"] for r in ok if r["contender"] == "dense"), None)
+        best = min(ok, key=lambda r: r["median_s"], default=None)
+        for r in ok:
+            r["ratio_vs_dense"] = dense_t / r["median_s"] if dense_t else None
+            if best is not None:
+                r["ratio_vs_best"] = best["median_s"] / r["median_s"]
+                r["best"] = best["contender"]
+        for r in ok:
+            log(
+                f"  {shape.name:16s} {base['dtype']:8s} {mode:7s} {r['contender']:20s} "
+                f"{_fmt_time(r['median_s']):>10s}  x{r['ratio_vs_best']:.2f} of best"
+                + (f"  {r['ratio_vs_dense']:.1f}x dense" if r["ratio_vs_dense"] else "")
+            )
+    return rows
+
+
+def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Time every contender at every shape, dtype and mode; return the JSON document."""
+    results: list[dict[str, Any]] = []
+    skipped_dtypes: dict[str, str] = {}
+    started = _now()
+    for dtype in cfg.dtypes:
+        reason = _dtype_unsupported(dtype, cfg.device)
+        if reason is not None:
+            skipped_dtypes[str(dtype).removeprefix("torch.")] = reason
+            log(f"skipping {dtype}: {reason}")
+            continue
+        for shape in cfg.shapes:
+            log(f"{shape.describe()} ({dtype})")
+            results.extend(_bench_shape(shape, dtype, cfg, log))
+    return {
+        "schema": SCHEMA,
+        "kind": "torchkron-bench",
+        "started_at": started,
+        "finished_at": _now(),
+        "environment": environment(cfg.device, cfg.threads),
+        "config": {
+            "device": str(cfg.device),
+            "dtypes": [str(d).removeprefix("torch.") for d in cfg.dtypes],
+            "threads": cfg.threads,
+            "min_run_time_s": cfg.min_run_time,
+            "rounds": cfg.rounds,
+            "warmup_s": cfg.warmup,
+            "contenders": cfg.contenders,
+            "train_flops": "3 x forward FLOPs (input and weight gradients)",
+        },
+        "shapes": [
+            {
+                **dataclasses.asdict(s),
+                "in_features": s.in_features,
+                "out_features": s.out_features,
+                "dense_flops_per_row": dense_flops(s.in_features, s.out_features),
+                "kron_flops_per_row": kron_flops(
+                    [o for o, _ in s.factors], [n for _, n in s.factors], s.rank
+                ),
+                "kron_parameters": s.rank * sum(o * n for o, n in s.factors),
+            }
+            for s in cfg.shapes
+        ],
+        "skipped_dtypes": skipped_dtypes,
+        "results": results,
+        "goals": _goals(results),
+    }
+
+
+def _dtype_unsupported(dtype: torch.dtype, device: torch.device) -> str | None:
+    if dtype != torch.bfloat16:
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "this GPU does not support bfloat16"
+    return None
+
+
+def _goals(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's goals, evaluated on these results."""
+    goals: list[dict[str, Any]] = []
+    for r in results:
+        if r["status"] != "ok" or r["contender"] != "KronLinear":
+            continue
+        where = {"shape": r["shape"], "dtype": r["dtype"], "mode": r["mode"]}
+        if r["mode"] == "train" and r["shape"] in GOALS and r.get("ratio_vs_dense"):
+            target = GOALS[r["shape"]]
+            goal = f"KronLinear train >= {target:g}x nn.Linear"
+            value = r["ratio_vs_dense"]
+            goals.append({"goal": goal, **where, "value": value, "met": value >= target})
+        value = r["ratio_vs_best"]
+        goal = "KronLinear within 10% of the best contender"
+        met = value >= 1 / 1.1
+        goals.append({"goal": goal, **where, "value": value, "best": r.get("best"), "met": met})
+        if "peak_step_bytes" in r and r["shape"] in _NO_DENSE:
+            value = r["peak_step_bytes"] + r["resident_bytes"]
+            goal = "training-step peak memory < 1 GiB (no dense W)"
+            goals.append({"goal": goal, **where, "value": value, "met": value < MEMORY_GOAL_BYTES})
+    return goals
+
+
+# --------------------------------------------------------------------------------------
+# Environment and output
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _git_sha() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sha + ("-dirty" if dirty else "")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def environment(device: torch.device, threads: int) -> dict[str, Any]:
+    """Machine, versions and settings stamped on every result file."""
+    env: dict[str, Any] = {
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "hostname": platform.node(),
+        "processor": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "interop_threads": torch.get_num_interop_threads(),
+        "blas": "mkl" if torch.backends.mkl.is_available() else "other",  # type: ignore[no-untyped-call]
+        "cpu_bf16_native": bool({"avx512_bf16", "amx_bf16"} & _cpu_flags()),
+        "git_sha": _git_sha(),
+        "device": str(device),
+        "device_name": device_name(device),
+    }
+    for mod in ("pyfastkron", "tltorch", "tensorly"):
+        try:
+            env[mod] = str(getattr(__import__(mod), "__version__", "unknown"))
+        except Exception:
+            env[mod] = None
+    if device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return str(torch.cuda.get_device_name(device))
+    return _cpu_name()
+
+
+def _slug(text: str) -> str:
+    out = "".join(ch.lower() if ch.isalnum() else "-" for ch in text)
+    return "-".join(p for p in out.split("-") if p)
+
+
+def result_stem(device: torch.device, quick: bool, tag: str | None = None) -> str:
+    """``bench-cpu`` or ``bench-cuda-<card>``, with ``-quick`` / ``-<tag>`` suffixes."""
+    if device.type == "cpu":
+        stem = "bench-cpu"
+    else:
+        stem = f"bench-{device.type}-{_slug(device_name(device))}"
+    if tag:
+        stem += f"-{_slug(tag)}"
+    return stem + ("-quick" if quick else "")
+
+
+def _fmt_time(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} us"
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """Human-readable tables of a suite's JSON document."""
+    env = doc["environment"]
+    cfg = doc["config"]
+    lines = [
+        "# torchkron benchmark",
+        "",
+        f"- device: {env['device']} ({env['device_name']}), {env['threads']} threads, "
+        f"{env['cpu_count']} CPUs",
+        f"- torch {env['torch']}, python {env['python']}, git {env['git_sha']}",
+        f"- pyfastkron {env.get('pyfastkron')}, tensorly-torch {env.get('tltorch')}",
+        f"- {doc['started_at']} .. {doc['finished_at']}; medians of {cfg['rounds']} "
+        f"interleaved rounds of `blocked_autorange(min_run_time={cfg['min_run_time_s']})`",
+        "- `xdense`: nn.Linear's time / this time; `xbest`: fastest contender's time / this "
+        "time (1.00 = fastest); GFLOP/s against each formulation's own FLOP count "
+        f"({cfg['train_flops']} for train).",
+        "",
+    ]
+    if doc.get("goals"):
+        lines += ["## Goals", "", "| goal | shape | dtype | mode | value | met |"]
+        lines.append("|---|---|---|---|---|---|")
+        for g in doc["goals"]:
+            value = g["value"]
+            shown = _fmt_bytes(value) if "memory" in g["goal"] else f"{value:.2f}"
+            if "best" in g:
+                shown += f" (best: {g['best']})"
+            lines.append(
+                f"| {g['goal']} | {g['shape']} | {g['dtype']} | {g.get('mode', 'train')} | "
+                f"{shown} | {'yes' if g['met'] else '**no**'} |"
+            )
+        lines.append("")
+    shapes = {s["name"]: s for s in doc["shapes"]}
+    for dtype in cfg["dtypes"]:
+        for mode in MODES:
+            rows = [r for r in doc["results"] if r["dtype"] == dtype and r["mode"] == mode]
+            if not rows:
+                continue
+            lines += [
+                f"## {dtype}, {mode}",
+                "",
+                "| shape | contender | time | xdense | xbest | GFLOP/s | notes |",
+                "|---|---|---:|---:|---:|---:|---|",
+            ]
+            for name in shapes:
+                for r in (r for r in rows if r["shape"] == name):
+                    if r["status"] != "ok":
+                        lines.append(
+                            f"| {name} | {r['contender']} | {r['status']} | | | | {r['reason']} |"
+                        )
+                        continue
+                    notes = [r.get("note") or ""]
+                    if "auto_impl" in r:
+                        notes.append(f"auto: {r['auto_impl']}")
+                    if "peak_step_bytes" in r:
+                        peak = r["peak_step_bytes"] + r["resident_bytes"]
+                        notes.append(f"peak memory {_fmt_bytes(peak)}")
+                    dense = f"{r['ratio_vs_dense']:.2f}" if r.get("ratio_vs_dense") else "-"
+                    lines.append(
+                        f"| {name} | {r['contender']} | {_fmt_time(r['median_s'])} | {dense} | "
+                        f"{r['ratio_vs_best']:.2f} | {r['gflops_per_s']:.1f} | "
+                        f"{'; '.join(n for n in notes if n)} |"
+                    )
+            lines.append("")
+    if doc.get("skipped_dtypes"):
+        lines += ["## Skipped dtypes", ""]
+        lines += [f"- {d}: {why}" for d, why in doc["skipped_dtypes"].items()]
+        lines.append("")
+    lines += ["## Shapes", ""]
+    for s in doc["shapes"]:
+        lines.append(
+            f"- `{s['name']}`: {s['in_features']}->{s['out_features']}, factors "
+            f"{' (x) '.join(f'{o}x{n}' for o, n in s['factors'])}, R={s['rank']}, batch "
+            f"{s['batch']}; FLOPs/row dense {s['dense_flops_per_row']:,}, Kronecker "
+            f"{s['kron_flops_per_row']:,}; {s['kron_parameters']:,} factor weights"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_results(doc: dict[str, Any], out: Path, stem: str) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    for path, text in ((json_path, json.dumps(doc, indent=2) + "\n"), (md_path, markdown(doc))):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return json_path, md_path
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``torchkron bench``."""
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        help="comma-separated dtypes among float32, bfloat16, float64 (default float32)",
+    )
+    parser.add_argument(
+        "--shapes",
+        default=None,
+        help="comma-separated shape names to run (default: all); see --list",
+    )
+    parser.add_argument(
+        "--contenders", default=None, help="comma-separated contenders (default: all)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads, fixed for the whole run (default: all CPUs)",
+    )
+    parser.add_argument(
+        "--min-run-time",
+        type=float,
+        default=0.2,
+        help="seconds per blocked_autorange measurement (default 0.2)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument(
+        "--warmup", type=float, default=0.1, help="warm-up seconds per contender (default 0.1)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--tag", default=None, help="extra suffix for the result file names")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes: a smoke test")
+    parser.add_argument("--no-memory", action="store_true", help="skip peak-memory probes")
+    parser.add_argument("--list", action="store_true", help="list shapes and contenders")
+
+
+def _config(args: argparse.Namespace) -> SuiteConfig:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("torchkron bench: --device cuda, but torch sees no CUDA device.")
+    dtypes = []
+    for name in str(args.dtype).split(","):
+        if name.strip() not in DTYPES:
+            raise SystemExit(f"torchkron bench: unknown dtype {name!r}; use {', '.join(DTYPES)}.")
+        dtypes.append(DTYPES[name.strip()])
+    pool = QUICK_SHAPES if args.quick else DEFAULT_SHAPES
+    shapes = list(pool)
+    if args.shapes:
+        known = {s.name: s for s in (*DEFAULT_SHAPES, *QUICK_SHAPES)}
+        wanted = [n.strip() for n in str(args.shapes).split(",") if n.strip()]
+        missing = [n for n in wanted if n not in known]
+        if missing:
+            raise SystemExit(
+                f"torchkron bench: unknown shapes {missing}; known: {', '.join(known)}."
+            )
+        shapes = [known[n] for n in wanted]
+    contenders = contender_names()
+    if args.contenders:
+        wanted = [n.strip() for n in str(args.contenders).split(",") if n.strip()]
+        missing = [n for n in wanted if n not in contenders]
+        if missing:
+            raise SystemExit(
+                f"torchkron bench: unknown contenders {missing}; known: {', '.join(contenders)}."
+            )
+        contenders = wanted
+    threads = args.threads or os.cpu_count() or 1
+    return SuiteConfig(
+        device=device,
+        dtypes=dtypes,
+        shapes=shapes,
+        contenders=contenders,
+        threads=threads,
+        min_run_time=args.min_run_time,
+        rounds=max(1, args.rounds),
+        warmup=args.warmup,
+        memory=not args.no_memory,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the suite; returns the process exit status."""
+    if args.list:
+        for s in (*DEFAULT_SHAPES, *QUICK_SHAPES):
+            print(f"{s.name:16s} {s.describe()}{'' if s.dense else ' (no dense)'}")
+        print("contenders:", ", ".join(contender_names()))
+        return 0
+    cfg = _config(args)
+    torch.set_num_threads(cfg.threads)
+    doc = run_suite(cfg, log=lambda line: print(line, flush=True))
+    stem = result_stem(cfg.device, args.quick, args.tag)
+    json_path, md_path = write_results(doc, args.out, stem)
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def _cli(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m torchkron.experiments.bench", description=__doc__.split("\n\n")[0]
+    )
+    add_arguments(parser)
+    return main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(_cli())

@@ -1,0 +1,254 @@
+"""Every kron_linear implementation against the torch.kron reference, in float64."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from tests.reference import random_factors, reference_weight
+
+from torchkron import KronLinear, _fastkron
+from torchkron.functional import (
+    _GROUP_MAX_SIZE,
+    IMPLS,
+    _chain_plan_cached,
+    _group_sizes,
+    choose_impl,
+    kron_linear,
+)
+
+HAVE_FASTKRON = _fastkron.available()
+# "fastkron" is tested only where pyfastkron is installed (the optional extra).
+TESTED = [i for i in IMPLS if i != "fastkron" or HAVE_FASTKRON]
+needs_fastkron = pytest.mark.skipif(not HAVE_FASTKRON, reason="pyfastkron not installed")
+
+shapes_st = st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), min_size=1, max_size=4)
+lead_st = st.lists(st.integers(0, 3), min_size=0, max_size=2)
+
+
+@pytest.mark.parametrize("impl", TESTED)
+@given(shapes=shapes_st, rank=st.integers(1, 3), lead=lead_st, seed=st.integers(0, 2**16))
+def test_forward_and_gradients_match_reference(impl, shapes, rank, lead, seed):
+    factors = [f.requires_grad_() for f in random_factors(shapes, rank, seed=seed)]
+    w = reference_weight(factors)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(*lead, w.shape[1], generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(w.shape[0], generator=g, dtype=torch.float64, requires_grad=True)
+    y = kron_linear(x, factors, bias, impl=impl)
+    ref = x @ w.T + bias
+    assert y.shape == ref.shape
+    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+    grad_out = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    inputs = [x, bias, *factors]
+    got = torch.autograd.grad(y, inputs, grad_out)
+    want = torch.autograd.grad(ref, inputs, grad_out)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+GRAD_CASES = [
+    ([(3, 4)], 2),
+    ([(2, 3), (4, 2)], 1),
+    ([(2, 3), (4, 2)], 3),
+    ([(2, 2), (3, 1), (1, 3)], 2),
+    ([(2, 1), (1, 2), (2, 2), (3, 2)], 2),
+    ([(2, 2)] * 4, 1),  # small factors: merged into groups
+]
+
+
+@pytest.mark.parametrize("impl", TESTED)
+@pytest.mark.parametrize(("shapes", "rank"), GRAD_CASES)
+def test_gradcheck(impl, shapes, rank):
+    factors = [f.requires_grad_() for f in random_factors(shapes, rank, seed=3)]
+    n_in = math.prod(n for _, n in shapes)
+    n_out = math.prod(o for o, _ in shapes)
+    x = torch.randn(2, 3, n_in, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(n_out, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, b, *f):
+        return kron_linear(x, f, b, impl=impl)
+
+    assert torch.autograd.gradcheck(fn, (x, bias, *factors))
+    if impl != "fastkron":  # pyfastkron's backward is not differentiable again
+        assert torch.autograd.gradgradcheck(fn, (x, bias, *factors))
+
+
+@pytest.mark.parametrize("impl", ["bmm", "fused"])
+def test_only_requested_gradients(impl):
+    factors = random_factors([(3, 4), (2, 5)], 2, seed=0)
+    factors[0].requires_grad_()
+    x = torch.randn(6, 20, dtype=torch.float64)
+    kron_linear(x, factors, impl=impl).sum().backward()
+    assert factors[0].grad is not None
+    assert factors[1].grad is None
+    assert x.grad is None
+    # Input only: the factors stay untouched.
+    frozen = random_factors([(3, 4), (2, 5)], 1, seed=1)
+    x.requires_grad_()
+    kron_linear(x, frozen, impl=impl).sum().backward()
+    w = reference_weight(frozen)
+    torch.testing.assert_close(x.grad, w.sum(0).expand(6, -1))
+
+
+def test_group_sizes_never_build_w():
+    for outs, ins in [((8,) * 4, (8,) * 4), ((2,) * 6, (3,) * 6), ((16,) * 3, (16,) * 3)]:
+        groups = _group_sizes(outs, ins)
+        assert sum(groups) == len(outs)
+        assert len(groups) >= 2
+        start = 0
+        for size in groups:
+            if size > 1:
+                assert math.prod(outs[start : start + size]) * math.prod(
+                    ins[start : start + size]
+                ) <= max(_GROUP_MAX_SIZE, math.prod(outs) * math.prod(ins))
+            start += size
+    # Large factors stay on their own.
+    assert _group_sizes((64, 64), (64, 64)) == (1, 1)
+    assert _group_sizes((8, 8, 8, 8), (8, 8, 8, 8)) == (2, 2)
+
+
+def test_chain_plan_joint_rank_for_two_groups():
+    plan = _chain_plan_cached((25, 25), (28, 28), 4)
+    assert plan.joint
+    assert [s.m for s in plan.steps] == [4 * 25, 25]
+
+
+def test_unknown_impl_and_missing_fastkron(monkeypatch):
+    factors = random_factors([(2, 3), (2, 3)], 1)
+    x = torch.zeros(2, 9, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"unknown impl 'nope'; choose one of 'auto'"):
+        kron_linear(x, factors, impl="nope")
+    monkeypatch.setattr(_fastkron, "_module", lambda: None)
+    with pytest.raises(RuntimeError, match=r"impl='fastkron'.*pyfastkron is not installed"):
+        kron_linear(x, factors, impl="fastkron")
+    # auto never needs it.
+    kron_linear(x, factors)
+
+
+@needs_fastkron
+def test_fastkron_rejects_bfloat16():
+    factors = random_factors([(2, 3), (2, 3)], 1, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="float32 and float64 only"):
+        kron_linear(torch.zeros(2, 9, dtype=torch.bfloat16), factors, impl="fastkron")
+
+
+@pytest.mark.parametrize("impl", ["permute", "bmm", "fused"])
+def test_bfloat16_close_to_float32(impl):
+    torch.manual_seed(0)
+    factors = [torch.randn(2, 8, 8) / 4, torch.randn(2, 8, 8) / 4]
+    x = torch.randn(16, 64)
+    ref = kron_linear(x, factors, impl="permute")
+    out = kron_linear(x.bfloat16(), [f.bfloat16() for f in factors], impl=impl)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).norm() / ref.norm() < 2e-2
+
+
+def test_choose_impl_follows_grad_mode():
+    factors = [torch.randn(1, 8, 8, requires_grad=True) for _ in range(2)]
+    x = torch.randn(4, 64)
+    assert choose_impl(x, factors) in IMPLS
+    with torch.no_grad():
+        assert choose_impl(x, factors) in IMPLS
+    assert choose_impl(x, [f.detach() for f in factors]) in IMPLS
+
+
+def _peak_and_largest_allocation(fn) -> tuple[int, int]:
+    """(peak live bytes, largest single allocation) of torch's CPU allocator during fn."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text())["traceEvents"]
+    mem = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
+    live = peak = 0
+    blocks = {}
+    for e in mem:  # replay allocations and frees of blocks allocated during fn
+        size, addr = e["args"]["Bytes"], e["args"]["Addr"]
+        if size > 0:
+            blocks[addr] = size
+            live += size
+        elif addr in blocks:
+            live -= blocks.pop(addr)
+        peak = max(peak, live)
+    return peak, max(e["args"]["Bytes"] for e in mem)
+
+
+@pytest.mark.parametrize("impl", TESTED)
+def test_training_step_never_builds_w(impl):
+    # W would be 4096 x 4096 float32 = 64 MiB; a batch of 4 rows is 64 KiB.
+    torch.manual_seed(0)
+    layer = KronLinear(4096, 4096, shapes=[(64, 64), (64, 64)], rank=2)
+    x = torch.randn(4, 4096, requires_grad=True)
+
+    def step():
+        kron_linear(x, layer.factors, layer.bias, impl=impl).sum().backward()
+
+    step()  # warm caches outside the profile
+    peak, largest = _peak_and_largest_allocation(step)
+    assert largest < 1 << 20
+    assert peak < 4 << 20
+
+
+@pytest.mark.parametrize("impl", ["bmm", "fused"])
+def test_compile_fullgraph_and_export(impl):
+    torch.manual_seed(0)
+    factors = [torch.randn(2, 3, 4, requires_grad=True), torch.randn(2, 5, 2, requires_grad=True)]
+    bias = torch.randn(15, requires_grad=True)
+    x = torch.randn(7, 8, requires_grad=True)
+
+    def fn(x, b, *f):
+        return kron_linear(x, f, b, impl=impl)
+
+    compiled = torch.compile(fn, fullgraph=True, backend="eager")
+    inputs = (x, bias, *factors)
+    torch.testing.assert_close(compiled(*inputs), fn(*inputs))
+    got = torch.autograd.grad(compiled(*inputs).sum(), inputs)
+    want = torch.autograd.grad(fn(*inputs).sum(), inputs)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+    class Layer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.f = torch.nn.ParameterList([torch.nn.Parameter(f.detach()) for f in factors])
+
+        def forward(self, x):
+            return kron_linear(x, list(self.f), impl=impl)
+
+    layer = Layer()
+    exported = torch.export.export(layer, (x.detach(),))
+    torch.testing.assert_close(exported.module()(x.detach()), layer(x.detach()))
+
+
+@pytest.mark.skipif(os.environ.get("CI") is not None, reason="covered by the compile test")
+def test_fused_inductor_matches_eager():
+    torch.manual_seed(0)
+    layer = KronLinear(60, 24, shapes=[(2, 3), (3, 4), (4, 5)], rank=2)
+    x = torch.randn(7, 60)
+    compiled = torch.compile(layer, fullgraph=True)
+    torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_parameters_gradients_and_adam_state_scale_with_the_factors():
+    layer = KronLinear(65536, 65536, shapes=[(256, 256), (256, 256)])
+    params = list(layer.parameters())
+    assert sum(p.numel() for p in params) == 2 * 256 * 256 + 65536  # not 65536**2
+    opt = torch.optim.Adam(params)
+    x = torch.randn(2, 65536)
+    layer(x).sum().backward()
+    opt.step()
+    state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
+    largest = max(p.numel() for p in params)
+    assert all(p.grad.numel() == p.numel() for p in params)
+    assert sum(t.numel() for t in state if t.dim() > 0) == 2 * sum(p.numel() for p in params)
+    assert max(t.numel() for t in state) <= largest
