@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- generated:(?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- end:(?P=path) -->)", re.S)
+BLOCK = re.compile(
+    r"(<!-- generated:(?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- end:(?P=path) -->)", re.S
+)
 
 
 def _body(path: str) -> str:

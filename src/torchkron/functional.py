@@ -35,6 +35,7 @@ __all__ = [
     "choose_impl",
     "contraction_order",
     "dense_flops",
+    "executed_flops",
     "kron_flops",
     "kron_linear",
     "kron_weight",
@@ -137,6 +138,21 @@ def kron_flops(out_sizes: Sequence[int], in_sizes: Sequence[int], rank: int = 1)
     """Forward FLOPs per input row of :func:`kron_linear` (bias excluded)."""
     order = contraction_order(out_sizes, in_sizes, rank)
     return _order_flops(order, out_sizes, in_sizes, rank)
+
+
+def executed_flops(out_sizes: Sequence[int], in_sizes: Sequence[int], rank: int = 1) -> int:
+    """Forward FLOPs per input row of the contractions ``impl="bmm"`` (the default) runs.
+
+    Unlike :func:`kron_flops` this counts what the implementation really does, including
+    small factors multiplied out into larger groups (more FLOPs, fewer and faster GEMMs)
+    and the rank handled term by term or jointly.
+    """
+    outs, ins = tuple(out_sizes), tuple(in_sizes)
+    if len(outs) == 1:
+        return rank * dense_flops(ins[0], outs[0])
+    plan = _chain_plan_cached(outs, ins, rank)
+    per_chain = sum(2 * s.pre * s.k * s.m * s.post for s in plan.steps)
+    return per_chain * (1 if plan.joint else rank)
 
 
 def dense_flops(in_features: int, out_features: int) -> int:

@@ -22,6 +22,7 @@ from torchkron.experiments.frontier import (
 )
 from torchkron.experiments.runs import SCHEMA
 from torchkron.experiments.sweep import (
+    DEFAULT_RANKS,
     DEFAULT_WIDTHS,
     Grid,
     dense_config,
@@ -41,18 +42,20 @@ TWO = ["--only", "kron-k2-r1-untied-denseout", "dense-h8"]
 def test_default_grid():
     specs = grid_specs(Grid())
     names = [s.name for s in specs]
-    assert len(names) == len(set(names)) == 55
+    assert len(names) == len(set(names)) == 45
     assert [s.name for s in specs if s.family == "dense-width"] == [
         f"dense-h{h}" for h in DEFAULT_WIDTHS
     ]
     kron = [s for s in specs if s.family != "dense-width"]
-    assert len(kron) == 6 * 2 * 2 + 5 * 2 + 5 * 2  # k=2 tied and untied; k=3, 4 untied
+    # Ranks 1-8 for every k, 16 too for k = 3 (the only one under dense in executed FLOPs).
+    assert DEFAULT_RANKS == {2: (1, 2, 4, 8), 3: (1, 2, 4, 8, 16), 4: (1, 2, 4, 8)}
+    assert len(kron) == 4 * 2 * 2 + 5 * 2 + 4 * 2  # k=2 tied and untied; k=3, 4 untied
     assert {s.family for s in kron if s.hidden.tied} == {
         "kron-k2-tied-denseout",
         "kron-k2-tied-kronout",
     }
     assert all(s.hidden.weights() < 784 * 625 for s in kron)
-    assert next(s for s in specs if s.name == "kron-k4-r16-untied-kronout").weights() == 1935
+    assert next(s for s in specs if s.name == "kron-k4-r8-untied-kronout").weights() == 1055
     # Every seed variant is a grid point with the same layers, named in its description.
     for seed in SEED_VARIANTS:
         (same,) = [s for s in specs if (s.hidden, s.output) == (seed.hidden, seed.output)]

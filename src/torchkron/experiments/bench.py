@@ -151,15 +151,13 @@ def _factors(shape: BenchShape, dtype: torch.dtype, device: torch.device) -> lis
 
 def _chain_flops(shape: BenchShape) -> int:
     """Forward FLOPs per row of torchkron's in-place chain (including grouped factors)."""
-    from torchkron.functional import _chain_plan_cached
+    from torchkron.functional import executed_flops
 
     outs = tuple(o for o, _ in shape.factors)
     ins = tuple(n for _, n in shape.factors)
     if len(outs) == 1:
         return dense_flops(ins[0], outs[0])
-    plan = _chain_plan_cached(outs, ins, shape.rank)
-    per_chain = sum(2 * s.pre * s.k * s.m * s.post for s in plan.steps)
-    return per_chain * (1 if plan.joint else shape.rank)
+    return executed_flops(outs, ins, shape.rank)
 
 
 def _build_contender(

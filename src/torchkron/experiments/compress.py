@@ -341,7 +341,7 @@ def run_compress(
     from torchkron.experiments.compress_report import compress_text, write_compress_report
     from torchkron.experiments.mnist import load_mnist
     from torchkron.experiments.progress import Progress, format_duration
-    from torchkron.experiments.runner import Job, check_existing, pending_epochs, run_jobs
+    from torchkron.experiments.runner import Job, check_existing, run_jobs, track
     from torchkron.experiments.trainer import RunPaths, _evaluate, prepare_data, train_run
 
     if config.threads:
@@ -386,9 +386,9 @@ def run_compress(
         reused = _reuse_scratch(scratch, scratch_seeds, scratch_config, out_dir, reuse_from)
         if reused:
             progress.message(f"reused {len(reused)} finished run(s) from {reuse_from}")
-    progress.skip(pending_epochs(finetune_jobs, out_dir, config.epochs))
+    track(progress, finetune_jobs, out_dir, config.epochs)
     if scratch_config is not None:
-        progress.skip(pending_epochs(scratch_jobs, out_dir, scratch_config.epochs))
+        track(progress, scratch_jobs, out_dir, scratch_config.epochs)
     mnist = load_mnist(data_dir, download=download, progress=progress.message)
     data = prepare_data(mnist, config)
     start = time.perf_counter()

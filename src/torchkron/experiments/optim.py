@@ -55,6 +55,7 @@ class FlatAdadelta(torch.optim.Optimizer):
         # cost page faults that dominate the dense model's step.
         self._std = torch.empty(total, **kw)
         self._delta = torch.empty(total, **kw)
+        self._steps = 0
         offset = 0
         with torch.no_grad():
             for p in plist:
@@ -86,8 +87,13 @@ class FlatAdadelta(torch.optim.Optimizer):
         delta.div_(std).mul_(grad)
         acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
         self._param.add_(delta, alpha=-lr)
-        for p in group["params"]:
-            self.state[p]["step"] += 1
+        # One shared counter instead of a tensor add per parameter (pure overhead here).
+        self._steps += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        for p in self.param_groups[0]["params"]:
+            self.state[p]["step"] = torch.tensor(float(self._steps))
+        return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load state and copy it back into the flat buffers (loading makes copies)."""
@@ -99,3 +105,4 @@ class FlatAdadelta(torch.optim.Optimizer):
                 flat[key].copy_(loaded[key])
             flat["step"] = loaded["step"].clone()
             self.state[p] = flat
+            self._steps = int(loaded["step"])

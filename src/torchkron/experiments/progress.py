@@ -46,21 +46,44 @@ class Progress:
         self.show = not quiet and (force or self.stream.isatty())
         self.log_path = log_path
         self.start = time.perf_counter()
-        self._timed_done = 0  # epochs trained in this session (the ETA's basis)
+        # The ETA weighs each epoch by its run's expected cost (see expect); without
+        # costs every epoch weighs 1.
+        self._cost: dict[str, float] = {}
+        self._total_weight = float(total_epochs)
+        self._done_weight = 0.0
+        self._timed_weight = 0.0
+        self._weighted = False
 
     def skip(self, epochs: int) -> None:
         """Count epochs that are already done (finished or resumed runs)."""
         self.done += epochs
+        self._done_weight += epochs
+
+    def expect(self, variant: str, cost: float, epochs: int, done: int) -> None:
+        """Declare a run: its per-epoch cost, epochs and epochs already done.
+
+        Once any run is declared, the ETA is the elapsed time scaled by the remaining
+        cost over the cost done in this session, so long runs scheduled first do not
+        inflate it.
+        """
+        if not self._weighted:
+            self._weighted, self._total_weight, self._done_weight = True, 0.0, 0.0
+        self._cost[variant] = cost
+        self._total_weight += cost * epochs
+        self._done_weight += cost * done
+        self.done += done
 
     def message(self, text: str) -> None:
         self._emit(text)
 
     def epoch(self, ev: EpochEvent) -> None:
         self.done += 1
-        self._timed_done += 1
+        weight = self._cost.get(ev.variant, 1.0)
+        self._done_weight += weight
+        self._timed_weight += weight
         elapsed = time.perf_counter() - self.start
-        remaining = self.total - self.done
-        eta = elapsed / self._timed_done * remaining
+        remaining = max(0.0, self._total_weight - self._done_weight)
+        eta = elapsed / self._timed_weight * remaining
         pct = 100.0 * self.done / max(1, self.total)
         self._emit(
             f"[{self.done:>{len(str(self.total))}}/{self.total} {pct:5.1f}%] "

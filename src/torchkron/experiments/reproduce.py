@@ -10,7 +10,7 @@ from pathlib import Path
 from torchkron.experiments.config import TrainConfig
 from torchkron.experiments.mnist import load_mnist
 from torchkron.experiments.progress import Progress, format_duration
-from torchkron.experiments.runner import Job, check_existing, pending_epochs, run_jobs
+from torchkron.experiments.runner import Job, check_existing, run_jobs, track
 from torchkron.experiments.runs import RunRecord, atomic_write_json, environment, now_iso
 from torchkron.experiments.trainer import prepare_data
 from torchkron.experiments.variants import MLPSpec, get_variant, reproduction_variants
@@ -64,7 +64,7 @@ def reproduce(
         f"{mnist.test_images.shape[0]} test); {len(specs)} variants x {seeds} seeds x "
         f"{config.epochs} epochs; {workers} worker(s)"
     )
-    progress.skip(pending_epochs(jobs, out_dir, config.epochs))
+    track(progress, jobs, out_dir, config.epochs)
     start, started_at = time.perf_counter(), now_iso()
     prepared = prepare_data(mnist, config) if workers <= 1 else None
     run_jobs(
@@ -139,7 +139,7 @@ def train_one(
     progress = Progress(config.epochs, quiet=quiet, log_path=out_dir / "train.log")
     progress.message(f"$ {command}")
     mnist = load_mnist(data_dir, download=download, progress=progress.message)
-    progress.skip(pending_epochs([job], out_dir, config.epochs))
+    track(progress, [job], out_dir, config.epochs)
     (record,) = run_jobs(
         [job],
         config,

@@ -24,7 +24,7 @@ from torchkron.experiments.runs import RunRecord, load_run
 from torchkron.experiments.trainer import EpochEvent, Prepared, RunPaths, prepare_data, train_run
 from torchkron.experiments.variants import MLPSpec
 
-__all__ = ["Job", "check_existing", "pending_epochs", "run_jobs"]
+__all__ = ["Job", "check_existing", "run_jobs", "track"]
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class Job:
         return f"{self.spec.name} seed {self.seed}"
 
     def cost(self) -> float:
-        """Rough relative cost, to start the longest runs first."""
-        return float(self.spec.weights()) + 60_000.0
+        """Expected seconds per epoch (a rough model: start the longest runs first, ETA)."""
+        return self.spec.epoch_cost()
 
 
 def _epochs_done(paths: RunPaths) -> int:
@@ -64,11 +64,14 @@ def check_existing(jobs: Sequence[Job], out_dir: Path, resume: bool) -> None:
         )
 
 
-def pending_epochs(jobs: Sequence[Job], out_dir: Path, epochs: int) -> int:
-    """Epochs already done across ``jobs`` (for progress and ETA)."""
-    return sum(
-        min(epochs, _epochs_done(RunPaths.under(out_dir, j.spec.name, j.seed))) for j in jobs
-    )
+def track(progress: Progress, jobs: Sequence[Job], out_dir: Path, epochs: int) -> int:
+    """Declare ``jobs`` to ``progress`` (costs, epochs already done); return those done."""
+    done_total = 0
+    for j in jobs:
+        done = min(epochs, _epochs_done(RunPaths.under(out_dir, j.spec.name, j.seed)))
+        progress.expect(j.spec.name, j.cost(), epochs, done)
+        done_total += done
+    return done_total
 
 
 # Worker-process state: the dataset is loaded once per process, not once per run.
