@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 PIP   := $(BIN)/python -m pip
 DATA_ARG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
-.PHONY: venv test lint typecheck check reproduce report bench sweep compress plan clean
+.PHONY: venv test lint typecheck check reproduce report results readme bench sweep compress clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,18 @@ reproduce: $(STAMP)
 report: $(STAMP)
 	$(BIN)/torchkron report results/mnist
 
+# Regenerate every committed table and plot from the saved result files, then the README.
+results: $(STAMP)
+	$(BIN)/torchkron report results/mnist
+	$(BIN)/torchkron sweep --out results/sweep --report-only
+	$(BIN)/torchkron compress --out results/compress --report-only
+	$(MAKE) readme
+
+readme: $(STAMP)
+	$(BIN)/python tools/bench_headline.py $(wildcard benchmarks/results/bench-*.json) \
+		> benchmarks/results/headline.md
+	$(BIN)/python tools/sync_readme.py
+
 bench: $(STAMP)
 	$(BIN)/torchkron bench $(ARGS)
 
@@ -55,7 +67,7 @@ sweep: $(STAMP)
 	$(BIN)/torchkron sweep $(DATA_ARG) $(ARGS)
 
 compress: $(STAMP)
-	$(BIN)/torchkron compress $(DATA_ARG) $(ARGS)
+	$(BIN)/torchkron compress --layers hidden --reuse-from results/sweep $(DATA_ARG) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

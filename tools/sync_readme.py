@@ -2,7 +2,8 @@
 
 The README never holds hand-typed results: each block between
 ``<!-- generated:PATH -->`` and ``<!-- end:PATH -->`` is replaced by the file PATH
-(relative to the repository root), minus its first heading line. ``--check`` fails if any
+(relative to the repository root), minus its first heading line and with its other
+headings one level lower. ``--check`` fails if any
 block is out of date (used by the tests).
 """
 
@@ -24,6 +25,8 @@ def _body(path: str) -> str:
     lines = text.splitlines()
     if lines and lines[0].startswith("# "):
         lines = lines[1:]
+    # Headings move one level down: the block sits inside a README section.
+    lines = ["#" + line if line.startswith("#") else line for line in lines]
     return "\n".join(lines).strip("\n") + "\n"
 
 

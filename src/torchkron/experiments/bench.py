@@ -208,8 +208,8 @@ def _build_contender(
         with torch.no_grad():
             for p, f in zip(layer.factors, factors, strict=True):
                 p.copy_(f)
-            assert layer.bias is not None
-            layer.bias.copy_(bias)
+            if layer.bias is not None:
+                layer.bias.copy_(bias)
         return Contender(name, layer, list(layer.parameters()), b * _chain_flops(shape))
     if name.startswith("torchkron:"):
         impl = name.split(":", 1)[1]
@@ -248,13 +248,15 @@ class _ImplLayer(nn.Module):
 
 def _torch_kron_sum(factors: Sequence[Tensor]) -> Tensor:
     """``sum_r kron(F_1[r], ..., F_k[r])`` with torch.kron, as LoKr implementations do."""
-    total: Tensor | None = None
+    terms = []
     for r in range(factors[0].shape[0]):
         w = factors[0][r]
         for f in factors[1:]:
             w = torch.kron(w, f[r])
-        total = w if total is None else total + w
-    assert total is not None
+        terms.append(w)
+    total = terms[0]
+    for w in terms[1:]:
+        total = total + w
     return total
 
 

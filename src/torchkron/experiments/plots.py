@@ -35,6 +35,24 @@ def accuracy_floor(variants: Sequence[Variant]) -> float:
     return max(0.0, float(math.floor(worst - margin)))
 
 
+def _zoom_range(variants: Sequence[Variant]) -> tuple[float, float] | None:
+    """Y-range of a second panel for the best variants, when the full range hides them.
+
+    Variants within 6 points of the best final mean share the panel; None when every
+    variant already fits in a 6-point band.
+    """
+    finals = [float(v["test_accuracy"]["mean"]) for v in variants]
+    best, worst = max(finals), min(finals)
+    if best - worst <= 6.0:
+        return None
+    top = [v for v, f in zip(variants, finals, strict=True) if f >= best - 6.0]
+    # The band covers the top variants' curves from their third epoch on.
+    lows = [min(v["curves"]["test_accuracy_mean"][2:] or [best]) for v in top]
+    low = math.floor(min(lows) - 0.5)
+    high = min(100.0, math.ceil(best + 0.5))
+    return float(low), float(high)
+
+
 def _label(v: Variant) -> str:
     return f"{v['name']} ({v['weights']:,} weights)"
 
@@ -74,21 +92,28 @@ def _figure(variants: Sequence[Variant], key: str, ylabel: str, title: str, *, l
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    zoom = None if log else _zoom_range(variants)
+    fig = Figure(
+        figsize=(FIGSIZE[0] * (1.6 if zoom else 1.0), FIGSIZE[1]), dpi=DPI, layout="constrained"
+    )
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    _draw(ax, variants, key, positive=log)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{title} ({_seeds_text(variants)})")
-    ax.grid(True, which="both", alpha=0.3)
-    if log:
-        ax.set_yscale("log")
-    else:
-        ax.set_ylim(accuracy_floor(variants), 100.0)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes = fig.subplots(1, 2 if zoom else 1, squeeze=False)[0]
+    for i, ax in enumerate(axes):
+        _draw(ax, variants, key, positive=log)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if log:
+            ax.set_yscale("log")
+        elif i == 0:
+            ax.set_ylim(accuracy_floor(variants), 100.0)
+        elif zoom is not None:
+            ax.set_ylim(*zoom)
+            ax.set_title("zoom on the best variants", fontsize="medium")
+    fig.suptitle(f"{title} ({_seeds_text(variants)})")
     # Outside the axes: a legend inside would hide some variant's curve.
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     buf = io.BytesIO()
     # Software/None drops matplotlib's version stamp: identical bytes across reruns.
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
