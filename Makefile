@@ -8,6 +8,9 @@ TORCH_INDEX_URL ?=
 VENV          ?= .venv
 EXTRAS        ?= experiments,dev
 DATA_DIR      ?= $(if $(wildcard ../shared/data/mnist),../shared/data/mnist,)
+# Optional contender/back end, installed without its declared torchvision dependency
+# (it imports and runs without it); empty to skip.
+FASTKRON      ?= pyfastkron==1.1.0
 ARGS          ?=
 
 BIN   := $(VENV)/bin
@@ -27,6 +30,7 @@ $(STAMP): pyproject.toml
 	echo "torch==$(TORCH_VERSION)" > $(VENV)/constraints.txt
 	$(PIP) install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),) "torch==$(TORCH_VERSION)"
 	$(PIP) install --quiet -c $(VENV)/constraints.txt -e ".[$(EXTRAS)]"
+	$(if $(FASTKRON),$(PIP) install --quiet --no-deps -c $(VENV)/constraints.txt "$(FASTKRON)",)
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

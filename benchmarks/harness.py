@@ -26,7 +26,7 @@ import torch.utils.benchmark as tbench
 
 from torchkron.experiments.bench import environment
 from torchkron.experiments.optim import FlatAdadelta
-from torchkron.experiments.trainer import _evaluate
+from torchkron.experiments.trainer import evaluate
 from torchkron.experiments.variants import build_mlp, reproduction_variants
 
 TRAIN, TEST, BATCH, TEST_BATCH = 60_000, 10_000, 64, 1000
@@ -56,7 +56,7 @@ def time_variant(name: str, min_run_time: float) -> dict[str, Any]:
     model.eval()
     eval_s = tbench.Timer(
         "ev(model, x, y, b)",
-        globals={"ev": _evaluate, "model": model, "x": test_x, "y": test_y, "b": TEST_BATCH},
+        globals={"ev": evaluate, "model": model, "x": test_x, "y": test_y, "b": TEST_BATCH},
     ).blocked_autorange(min_run_time=min_run_time)
     steps = math.ceil(TRAIN / BATCH)
     return {

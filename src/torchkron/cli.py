@@ -67,12 +67,21 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_recipe_arguments(p: argparse.ArgumentParser, *, epochs: int = 35) -> None:
-    """Every knob of the training recipe, defaulting to the PyTorch MNIST example."""
+def add_recipe_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    epochs: int = 35,
+    lr: float = 1.0,
+    epochs_help: str = "epochs (default %(default)s)",
+    lr_help: str = "Adadelta learning rate (default %(default)s)",
+) -> None:
+    """Every knob of the training recipe, defaulting to the PyTorch MNIST example.
+
+    ``epochs``/``lr`` and their help texts let a command (``compress``'s fine-tuning) use
+    other defaults for the same options.
+    """
     g = p.add_argument_group("recipe (PyTorch MNIST example defaults)")
-    g.add_argument(
-        "--epochs", type=_positive_int, default=epochs, help="epochs (default %(default)s)"
-    )
+    g.add_argument("--epochs", type=_positive_int, default=epochs, help=epochs_help)
     g.add_argument(
         "--batch-size", type=_positive_int, default=64, help="training batch (default %(default)s)"
     )
@@ -82,12 +91,7 @@ def add_recipe_arguments(p: argparse.ArgumentParser, *, epochs: int = 35) -> Non
         default=1000,
         help="evaluation batch (default %(default)s)",
     )
-    g.add_argument(
-        "--lr",
-        type=_positive_float,
-        default=1.0,
-        help="Adadelta learning rate (default %(default)s)",
-    )
+    g.add_argument("--lr", type=_positive_float, default=lr, help=lr_help)
     g.add_argument("--rho", type=float, default=0.9, help="Adadelta rho (default %(default)s)")
     g.add_argument(
         "--eps", type=_positive_float, default=1e-6, help="Adadelta eps (default %(default)s)"

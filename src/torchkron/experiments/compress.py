@@ -342,7 +342,7 @@ def run_compress(
     from torchkron.experiments.mnist import load_mnist
     from torchkron.experiments.progress import Progress, format_duration
     from torchkron.experiments.runner import Job, check_existing, run_jobs, track
-    from torchkron.experiments.trainer import RunPaths, _evaluate, prepare_data, train_run
+    from torchkron.experiments.trainer import RunPaths, evaluate, prepare_data, train_run
 
     if config.threads:
         # The recipe's thread count from the start: the SVDs of the conversion are slowed
@@ -393,7 +393,7 @@ def run_compress(
     data = prepare_data(mnist, config)
     start = time.perf_counter()
     dense.eval()
-    dense_eval = _evaluate(dense, data.test_x, data.test_y, config.test_batch_size)
+    dense_eval = evaluate(dense, data.test_x, data.test_y, config.test_batch_size)
     progress.message(
         f"source {source.path}: {source.spec.name}, {source.spec.weights():,} weights, test "
         f"accuracy {dense_eval[1]:.2f}%"
@@ -402,8 +402,8 @@ def run_compress(
         rank = int(job.spec.extra["compress"]["rank"])
         model, report = conversions[rank]
         model.eval()
-        # The metric of the training history (trainer._evaluate), so (a) and (b) compare.
-        converted_eval = _evaluate(model, data.test_x, data.test_y, config.test_batch_size)
+        # The metric of the training history (trainer.evaluate), so (a) and (b) compare.
+        converted_eval = evaluate(model, data.test_x, data.test_y, config.test_batch_size)
         info = _conversion_info(report, dense_eval, converted_eval)
         spec = spec_for(rank, "finetune", info)
         errors = ", ".join(f"{k} {v:.4f}" for k, v in info["approximation_error"].items())
@@ -449,14 +449,6 @@ _LR_HELP = (
     "a random init, takes steps large enough to undo much of the conversion before StepLR "
     "has decayed it; the scratch arm uses --scratch-lr)"
 )
-
-
-def _set_default(p: argparse.ArgumentParser, dest: str, value: Any, help_text: str) -> None:
-    """Change a recipe option's default and its help (the recipe group is shared)."""
-    p.set_defaults(**{dest: value})
-    for action in p._actions:
-        if action.dest == dest:
-            action.help = help_text
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
@@ -578,12 +570,11 @@ def register(subparsers: Any) -> None:
         help="train nothing: rewrite compress.json, compress.md and compress.png from OUT/runs",
     )
     add_run_arguments(p, "results/compress")
-    add_recipe_arguments(p, epochs=FINETUNE_EPOCHS)
-    _set_default(p, "lr", FINETUNE_LR, _LR_HELP)
-    _set_default(
+    add_recipe_arguments(
         p,
-        "epochs",
-        FINETUNE_EPOCHS,
-        "fine-tuning epochs after the conversion (default %(default)s)",
+        epochs=FINETUNE_EPOCHS,
+        lr=FINETUNE_LR,
+        epochs_help="fine-tuning epochs after the conversion (default %(default)s)",
+        lr_help=_LR_HELP,
     )
     p.set_defaults(func=_cmd_compress)

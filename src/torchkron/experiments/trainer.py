@@ -36,7 +36,7 @@ from torchkron.experiments.runs import (
 )
 from torchkron.experiments.variants import MLPSpec, build_mlp
 
-__all__ = ["EpochEvent", "Prepared", "RunPaths", "prepare_data", "train_run"]
+__all__ = ["EpochEvent", "Prepared", "RunPaths", "evaluate", "prepare_data", "train_run"]
 
 # Shuffling draws from its own generator, seeded from the run seed plus this offset, so
 # the init (global RNG) and the data order are independent streams.
@@ -111,7 +111,7 @@ def _save_torch(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _evaluate(model: nn.Module, x: Tensor, y: Tensor, batch: int) -> tuple[float, float]:
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch: int) -> tuple[float, float]:
     """Mean NLL and accuracy (percent) on a split."""
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.int64)
@@ -236,7 +236,7 @@ def train_run(
         train_loss = _train_epoch(model, optimizer, data, config.batch_size, generator)
         scheduler.step()
         model.eval()
-        test_loss, accuracy = _evaluate(model, data.test_x, data.test_y, config.test_batch_size)
+        test_loss, accuracy = evaluate(model, data.test_x, data.test_y, config.test_batch_size)
         seconds = time.perf_counter() - t0
         for key, value in zip(
             ("epoch", "train_loss", "test_loss", "test_accuracy", "seconds"),
