@@ -165,6 +165,22 @@ def config_from(args: argparse.Namespace) -> Any:
     )
 
 
+def run_options(args: argparse.Namespace) -> Any:
+    """The RunOptions of a training command, from the arguments of add_run_arguments."""
+    from torchkron.experiments.runner import RunOptions
+
+    return RunOptions(
+        data_dir=args.data_dir,
+        out_dir=args.out,
+        command=args.command_line,
+        resume=args.resume,
+        workers=getattr(args, "jobs", 1),
+        quiet=args.quiet,
+        plots=not getattr(args, "no_plots", False),
+        download=not args.no_download,
+    )
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from torchkron.experiments.reproduce import reproduce
 
@@ -172,14 +188,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         variants=args.variants,
         seeds=args.seeds,
         config=config_from(args),
-        data_dir=args.data_dir,
-        out_dir=args.out,
-        resume=args.resume,
-        workers=args.jobs,
-        quiet=args.quiet,
-        command=args.command_line,
-        plots=not args.no_plots,
-        download=not args.no_download,
+        options=run_options(args),
     )
     print(f"results: {results}")
     return 0
@@ -189,15 +198,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from torchkron.experiments.reproduce import train_one
 
     record = train_one(
-        variant=args.variant,
-        seed=args.seed,
-        config=config_from(args),
-        data_dir=args.data_dir,
-        out_dir=args.out,
-        resume=args.resume,
-        quiet=args.quiet,
-        command=args.command_line,
-        download=not args.no_download,
+        variant=args.variant, seed=args.seed, config=config_from(args), options=run_options(args)
     )
     hist = record["history"]
     print(

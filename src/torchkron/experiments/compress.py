@@ -36,9 +36,11 @@ from torchkron.cli import (
     add_recipe_arguments,
     add_run_arguments,
     config_from,
+    run_options,
 )
 from torchkron.experiments.config import TrainConfig
 from torchkron.experiments.errors import UserError
+from torchkron.experiments.runner import RunOptions
 from torchkron.experiments.runs import RunRecord, atomic_write_json, load_run
 from torchkron.experiments.variants import LayerSpec, MLPSpec, build_mlp
 from torchkron.surgery import KronifyReport, kronify
@@ -327,21 +329,13 @@ def run_compress(
     scratch_config: TrainConfig | None,
     scratch_seeds: int,
     reuse_from: Path | None,
-    data_dir: Path | None,
-    out_dir: Path,
-    resume: bool,
-    workers: int,
-    quiet: bool,
-    command: str,
-    plots: bool = True,
-    download: bool = True,
+    options: RunOptions,
 ) -> Path:
     """Convert, evaluate and fine-tune at every rank, train the scratch arm, write the
     report; returns the path of ``compress.md``."""
     from torchkron.experiments.compress_report import compress_text, write_compress_report
-    from torchkron.experiments.mnist import load_mnist
-    from torchkron.experiments.progress import Progress, format_duration
-    from torchkron.experiments.runner import Job, check_existing, run_jobs, track
+    from torchkron.experiments.progress import format_duration
+    from torchkron.experiments.runner import Job, open_session, run_jobs, track
     from torchkron.experiments.trainer import RunPaths, evaluate, prepare_data, train_run
 
     if config.threads:
@@ -374,14 +368,10 @@ def run_compress(
     scratch_jobs = [Job(s, seed) for s in scratch for seed in range(scratch_seeds)]
     if scratch_config is None:
         scratch_jobs = []
-    check_existing(finetune_jobs + scratch_jobs, out_dir, resume)
+    out_dir, command = options.out_dir, options.command
     for job in finetune_jobs + scratch_jobs:
         _check_matches(RunPaths.under(out_dir, job.spec.name, job.seed).record, job.spec, source)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scratch_epochs = scratch_config.epochs if scratch_config else 0
-    total = len(finetune_jobs) * config.epochs + len(scratch_jobs) * scratch_epochs
-    progress = Progress(total, quiet=quiet, log_path=out_dir / LOG_FILE)
-    progress.message(f"$ {command}")
+    progress, mnist = open_session(finetune_jobs + scratch_jobs, options, LOG_FILE)
     if scratch_config is not None:
         reused = _reuse_scratch(scratch, scratch_seeds, scratch_config, out_dir, reuse_from)
         if reused:
@@ -389,7 +379,6 @@ def run_compress(
     track(progress, finetune_jobs, out_dir, config.epochs)
     if scratch_config is not None:
         track(progress, scratch_jobs, out_dir, scratch_config.epochs)
-    mnist = load_mnist(data_dir, download=download, progress=progress.message)
     data = prepare_data(mnist, config)
     start = time.perf_counter()
     dense.eval()
@@ -423,20 +412,20 @@ def run_compress(
             model_hook=_loader(state),
         )
     if scratch_config is not None and scratch_jobs:
+        # The fine-tune's prepared tensors serve the scratch arm too (same data config).
+        same_data = scratch_config.train_limit == config.train_limit
         run_jobs(
             scratch_jobs,
             scratch_config,
-            data_dir=mnist.source,
-            out_dir=out_dir,
-            command=command,
-            workers=workers,
+            options,
+            mnist,
             progress=progress,
-            data=data if workers <= 1 else None,
+            data=data if same_data and scratch_config.test_limit == config.test_limit else None,
         )
     progress.message(
         f"all runs done in {format_duration(time.perf_counter() - start)}; writing the report"
     )
-    paths = write_compress_report(out_dir, plots=plots)
+    paths = write_compress_report(out_dir, plots=options.plots)
     progress.message(compress_text(paths.summary_data))
     return paths.markdown
 
@@ -476,14 +465,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         scratch_config=scratch,
         scratch_seeds=args.scratch_seeds,
         reuse_from=args.reuse_from,
-        data_dir=args.data_dir,
-        out_dir=args.out,
-        resume=args.resume,
-        workers=args.jobs,
-        quiet=args.quiet,
-        command=args.command_line,
-        plots=not args.no_plots,
-        download=not args.no_download,
+        options=run_options(args),
     )
     print(f"report: {markdown}")
     return 0

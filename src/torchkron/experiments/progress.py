@@ -68,6 +68,8 @@ class Progress:
         """
         if not self._weighted:
             self._weighted, self._total_weight, self._done_weight = True, 0.0, 0.0
+            self.total = 0
+        self.total += epochs
         self._cost[variant] = cost
         self._total_weight += cost * epochs
         self._done_weight += cost * done

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from torchkron.experiments.config import TrainConfig
-from torchkron.experiments.mnist import load_mnist
-from torchkron.experiments.progress import Progress, format_duration
-from torchkron.experiments.runner import Job, check_existing, run_jobs, track
+from torchkron.experiments.progress import format_duration
+from torchkron.experiments.runner import Job, RunOptions, open_session, run_jobs, track
 from torchkron.experiments.runs import RunRecord, atomic_write_json, environment, now_iso
-from torchkron.experiments.trainer import prepare_data
 from torchkron.experiments.variants import MLPSpec, get_variant, reproduction_variants
 
 __all__ = ["default_workers", "reproduce", "resolve_variants", "train_one"]
@@ -37,52 +36,26 @@ def resolve_variants(names: Sequence[str] | None) -> list[MLPSpec]:
 
 
 def reproduce(
-    *,
-    variants: Sequence[str] | None,
-    seeds: int,
-    config: TrainConfig,
-    data_dir: Path | None,
-    out_dir: Path,
-    resume: bool,
-    workers: int,
-    quiet: bool,
-    command: str,
-    plots: bool = True,
-    download: bool = True,
+    *, variants: Sequence[str] | None, seeds: int, config: TrainConfig, options: RunOptions
 ) -> Path:
     """Train every variant x seed, then write the report; returns results.md's path."""
     specs = resolve_variants(variants)
     jobs = [Job(spec, seed) for spec in specs for seed in range(seeds)]
-    check_existing(jobs, out_dir, resume)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(len(jobs) * config.epochs, quiet=quiet, log_path=out_dir / "reproduce.log")
-    progress.message(f"$ {command}")
-    # Load (and if needed download) once here, so a data problem stops us before any work.
-    mnist = load_mnist(data_dir, download=download, progress=progress.message)
+    progress, mnist = open_session(jobs, options, "reproduce.log")
     progress.message(
         f"data: {mnist.source} ({mnist.train_images.shape[0]} train, "
         f"{mnist.test_images.shape[0]} test); {len(specs)} variants x {seeds} seeds x "
-        f"{config.epochs} epochs; {workers} worker(s)"
+        f"{config.epochs} epochs; {options.workers} worker(s)"
     )
-    track(progress, jobs, out_dir, config.epochs)
+    track(progress, jobs, options.out_dir, config.epochs)
     start, started_at = time.perf_counter(), now_iso()
-    prepared = prepare_data(mnist, config) if workers <= 1 else None
-    run_jobs(
-        jobs,
-        config,
-        data_dir=mnist.source,
-        out_dir=out_dir,
-        command=command,
-        workers=workers,
-        progress=progress,
-        data=prepared,
-    )
+    run_jobs(jobs, config, options, mnist, progress=progress)
     wall = time.perf_counter() - start
-    _record_wall_time(out_dir, command, started_at, wall, workers, len(jobs))
+    _record_wall_time(options, started_at, wall, len(jobs))
     progress.message(f"all runs done in {format_duration(wall)}; writing the report")
     from torchkron.experiments.report import report_text, write_report
 
-    paths = write_report(out_dir, plots=plots)
+    paths = write_report(options.out_dir, plots=options.plots)
     progress.message(report_text(_load_summary(paths.summary)))
     return paths.results
 
@@ -94,11 +67,9 @@ def _load_summary(path: Path) -> dict[str, object]:
     return loaded
 
 
-def _record_wall_time(
-    out_dir: Path, command: str, started_at: str, wall: float, workers: int, runs: int
-) -> None:
+def _record_wall_time(options: RunOptions, started_at: str, wall: float, runs: int) -> None:
     """Keep the wall time of each reproduce session (the report shows the last one)."""
-    path = out_dir / "sessions.json"
+    path = options.out_dir / "sessions.json"
     import json
 
     sessions: list[dict[str, object]] = []
@@ -109,11 +80,11 @@ def _record_wall_time(
             sessions = []
     sessions.append(
         {
-            "command": command,
+            "command": options.command,
             "started_at": started_at,
             "finished_at": now_iso(),
             "wall_seconds": round(wall, 2),
-            "workers": workers,
+            "workers": options.workers,
             "runs": runs,
             "environment": environment(),
         }
@@ -121,33 +92,10 @@ def _record_wall_time(
     atomic_write_json(path, sessions)
 
 
-def train_one(
-    *,
-    variant: str,
-    seed: int,
-    config: TrainConfig,
-    data_dir: Path | None,
-    out_dir: Path,
-    resume: bool,
-    quiet: bool,
-    command: str,
-    download: bool = True,
-) -> RunRecord:
-    """One run of one variant (``torchkron train``)."""
+def train_one(*, variant: str, seed: int, config: TrainConfig, options: RunOptions) -> RunRecord:
+    """One run of one variant (``torchkron train``), in this process."""
     job = Job(get_variant(variant), seed)
-    check_existing([job], out_dir, resume)
-    progress = Progress(config.epochs, quiet=quiet, log_path=out_dir / "train.log")
-    progress.message(f"$ {command}")
-    mnist = load_mnist(data_dir, download=download, progress=progress.message)
-    track(progress, [job], out_dir, config.epochs)
-    (record,) = run_jobs(
-        [job],
-        config,
-        data_dir=mnist.source,
-        out_dir=out_dir,
-        command=command,
-        workers=1,
-        progress=progress,
-        data=prepare_data(mnist, config),
-    )
+    progress, mnist = open_session([job], options, "train.log")
+    track(progress, [job], options.out_dir, config.epochs)
+    (record,) = run_jobs([job], config, replace(options, workers=1), mnist, progress=progress)
     return record

@@ -18,13 +18,27 @@ from typing import Any
 
 from torchkron.experiments.config import TrainConfig
 from torchkron.experiments.errors import UserError
-from torchkron.experiments.mnist import load_mnist
+from torchkron.experiments.mnist import MnistData, load_mnist
 from torchkron.experiments.progress import Progress
 from torchkron.experiments.runs import RunRecord, load_run
 from torchkron.experiments.trainer import EpochEvent, Prepared, RunPaths, prepare_data, train_run
 from torchkron.experiments.variants import MLPSpec
 
-__all__ = ["Job", "check_existing", "run_jobs", "track"]
+__all__ = ["Job", "RunOptions", "check_existing", "open_session", "run_jobs", "track"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how a command trains: the options reproduce, train, sweep and compress share."""
+
+    data_dir: Path | None
+    out_dir: Path
+    command: str
+    resume: bool = False
+    workers: int = 1
+    quiet: bool = False
+    plots: bool = True
+    download: bool = True
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,23 @@ def track(progress: Progress, jobs: Sequence[Job], out_dir: Path, epochs: int) -
     return done_total
 
 
+def open_session(
+    jobs: Sequence[Job], options: RunOptions, log_name: str
+) -> tuple[Progress, MnistData]:
+    """Start a command's training session: refuse to overwrite runs unless resuming,
+    open the progress log (its first line is the exact command), load the data.
+
+    The data are loaded (and if needed downloaded) here, before any training, so a data
+    problem stops the command before it has done any work.
+    """
+    check_existing(jobs, options.out_dir, options.resume)
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(0, quiet=options.quiet, log_path=options.out_dir / log_name)
+    progress.message(f"$ {options.command}")
+    mnist = load_mnist(options.data_dir, download=options.download, progress=progress.message)
+    return progress, mnist
+
+
 # Worker-process state: the dataset is loaded once per process, not once per run.
 _WORKER: dict[str, Any] = {}
 
@@ -100,23 +131,28 @@ def _run_in_worker(job: Job, config: TrainConfig, out_dir: Path, command: str) -
 def run_jobs(
     jobs: Sequence[Job],
     config: TrainConfig,
+    options: RunOptions,
+    mnist: MnistData,
     *,
-    data_dir: Path | None,
-    out_dir: Path,
-    command: str,
-    workers: int = 1,
     progress: Progress | None = None,
     data: Prepared | None = None,
 ) -> list[RunRecord]:
     """Train every job (finished ones are read back), longest first; returns the records.
 
-    ``workers == 1`` trains in this process (using ``data`` if given); more start that
-    many worker processes, each loading the dataset once.
+    ``options.workers == 1`` trains in this process (on ``data`` if given, else on
+    ``mnist`` prepared for ``config``); more start that many worker processes, each
+    loading the dataset from ``mnist.source`` once.
     """
+    out_dir, command, workers, data_dir = (
+        options.out_dir,
+        options.command,
+        options.workers,
+        mnist.source,
+    )
     ordered = sorted(jobs, key=lambda j: -j.cost())
     on_epoch = progress.epoch if progress is not None else None
     if workers <= 1:
-        prepared = data or prepare_data(load_mnist(data_dir, download=False), config)
+        prepared = data or prepare_data(mnist, config)
         return [
             train_run(
                 j.spec,

@@ -32,9 +32,11 @@ from torchkron.cli import (
     add_recipe_arguments,
     add_run_arguments,
     config_from,
+    run_options,
 )
 from torchkron.experiments.config import TrainConfig
 from torchkron.experiments.errors import UserError
+from torchkron.experiments.runner import RunOptions
 from torchkron.experiments.variants import (
     HIDDEN_FEATURES,
     INPUT_FEATURES,
@@ -230,56 +232,30 @@ def list_text(specs: Sequence[MLPSpec], seeds: int, epochs: int) -> str:
 
 
 def run_sweep(
-    *,
-    specs: Sequence[MLPSpec],
-    seeds: int,
-    config: TrainConfig,
-    data_dir: Path | None,
-    out_dir: Path,
-    resume: bool,
-    workers: int,
-    quiet: bool,
-    command: str,
-    plots: bool = True,
-    download: bool = True,
+    *, specs: Sequence[MLPSpec], seeds: int, config: TrainConfig, options: RunOptions
 ) -> Path:
     """Train every config x seed (finished runs are kept), then write the frontier files.
 
     Returns the path of ``frontier.md``.
     """
     from torchkron.experiments.frontier import frontier_text, write_frontier
-    from torchkron.experiments.mnist import load_mnist
-    from torchkron.experiments.progress import Progress, format_duration
-    from torchkron.experiments.runner import Job, check_existing, run_jobs, track
-    from torchkron.experiments.trainer import prepare_data
+    from torchkron.experiments.progress import format_duration
+    from torchkron.experiments.runner import Job, open_session, run_jobs, track
 
     jobs = [Job(spec, seed) for spec in specs for seed in range(seeds)]
-    check_existing(jobs, out_dir, resume)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(len(jobs) * config.epochs, quiet=quiet, log_path=out_dir / LOG_FILE)
-    progress.message(f"$ {command}")
-    mnist = load_mnist(data_dir, download=download, progress=progress.message)
-    done = track(progress, jobs, out_dir, config.epochs)
+    progress, mnist = open_session(jobs, options, LOG_FILE)
+    done = track(progress, jobs, options.out_dir, config.epochs)
     progress.message(
         f"data: {mnist.source}; {len(specs)} configs x {seeds} seed(s) x {config.epochs} "
         f"epochs = {len(jobs) * config.epochs} epochs, {done} already done; "
-        f"{workers} worker(s)"
+        f"{options.workers} worker(s)"
     )
     start = time.perf_counter()
-    run_jobs(
-        jobs,
-        config,
-        data_dir=mnist.source,
-        out_dir=out_dir,
-        command=command,
-        workers=workers,
-        progress=progress,
-        data=prepare_data(mnist, config) if workers <= 1 else None,
-    )
+    run_jobs(jobs, config, options, mnist, progress=progress)
     progress.message(
         f"all runs done in {format_duration(time.perf_counter() - start)}; writing the frontier"
     )
-    paths = write_frontier(out_dir, plots=plots)
+    paths = write_frontier(options.out_dir, plots=options.plots)
     progress.message(frontier_text(paths.summary_data))
     return paths.markdown
 
@@ -308,19 +284,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.list:
         print(list_text(specs, args.seeds, config.epochs))
         return 0
-    markdown = run_sweep(
-        specs=specs,
-        seeds=args.seeds,
-        config=config,
-        data_dir=args.data_dir,
-        out_dir=args.out,
-        resume=args.resume,
-        workers=args.jobs,
-        quiet=args.quiet,
-        command=args.command_line,
-        plots=not args.no_plots,
-        download=not args.no_download,
-    )
+    markdown = run_sweep(specs=specs, seeds=args.seeds, config=config, options=run_options(args))
     print(f"frontier: {markdown}")
     return 0
 
