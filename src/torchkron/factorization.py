@@ -20,6 +20,7 @@ __all__ = [
     "check_shapes",
     "factor_shapes",
     "factorizations",
+    "format_primes",
     "layer_factorizations",
     "nearest_factorable",
     "nearest_kronecker",
@@ -46,7 +47,8 @@ def prime_factors(n: int) -> list[int]:
     return out
 
 
-def _format_primes(n: int) -> str:
+def format_primes(n: int) -> str:
+    """``n`` as a product of prime powers, e.g. ``784 = 2^4 * 7^2`` gives ``'2^4 * 7^2'``."""
     primes = prime_factors(n)
     if not primes:
         return "1"
@@ -107,9 +109,9 @@ def _balanced(n: int, k: int, what: str) -> tuple[int, ...]:
         why = (
             f"{n} is prime"
             if len(primes) == 1
-            else f"{n} = {_format_primes(n)} has only {len(primes)} prime factor(s)"
+            else f"{n} = {format_primes(n)} has only {len(primes)} prime factor(s)"
         )
-        near = ", ".join(f"{m} = {_format_primes(m)}" for m in nearest_factorable(n, k))
+        near = ", ".join(f"{m} = {format_primes(m)}" for m in nearest_factorable(n, k))
         raise ValueError(
             f"factor_shapes: cannot split {what}={n} into {k} factors greater than 1: {why}. "
             f"Use fewer factors (num_factors={max(1, len(primes))}), resize the layer to a "

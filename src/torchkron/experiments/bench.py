@@ -33,7 +33,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +46,7 @@ import torch.utils.benchmark as tbench
 from torch import Tensor, nn
 
 from torchkron import KronLinear
+from torchkron.experiments.runs import git_sha
 from torchkron.functional import (
     IMPLS,
     choose_impl,
@@ -646,24 +646,6 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _git_sha() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return sha + ("-dirty" if dirty else "")
-
-
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -698,7 +680,7 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
         "interop_threads": torch.get_num_interop_threads(),
         "blas": "mkl" if torch.backends.mkl.is_available() else "other",  # type: ignore[no-untyped-call]
         "cpu_bf16_native": bool({"avx512_bf16", "amx_bf16"} & _cpu_flags()),
-        "git_sha": _git_sha(),
+        "git_sha": git_sha(),
         "device": str(device),
         "device_name": device_name(device),
     }

@@ -14,7 +14,6 @@ Differences use the seed-noise criterion of :mod:`torchkron.experiments.findings
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -426,10 +425,9 @@ def plot_compress(summary: Summary) -> bytes:
     err_ax.grid(True, alpha=0.3)
     if err_ax.get_legend_handles_labels()[0]:
         err_ax.legend(fontsize="small")
-    buf = io.BytesIO()
-    # Software/None drops matplotlib's version stamp: identical bytes across reruns.
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    return buf.getvalue()
+    from torchkron.experiments.plots import png_bytes
+
+    return png_bytes(fig, DPI)
 
 
 # --- files ----------------------------------------------------------------------------------

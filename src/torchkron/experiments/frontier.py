@@ -19,7 +19,6 @@ Regenerating from the same runs gives identical ``frontier.md`` and ``frontier.p
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -566,10 +565,9 @@ def plot_frontier(summary: Summary) -> bytes:
     )
     handles, labels = full.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", fontsize="small")
-    buf = io.BytesIO()
-    # Software/None drops matplotlib's version stamp: identical bytes across reruns.
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    return buf.getvalue()
+    from torchkron.experiments.plots import png_bytes
+
+    return png_bytes(fig, DPI)
 
 
 # --- files -------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from torchkron.experiments.errors import UserError
 from torchkron.factorization import (
     factor_shapes,
     factorizations,
+    format_primes,
     layer_factorizations,
     nearest_factorable,
     prime_factors,
@@ -128,25 +129,14 @@ def _row(shapes: Shapes, dense: int, rank: int, tied: bool, balanced: Shapes | N
     return PlanRow(shapes, weights, flops, dense / weights, tieable, shapes == balanced)
 
 
-def _primes_text(n: int) -> str:
-    primes = prime_factors(n)
-    if not primes:
-        return "1"
-    parts = []
-    for p in sorted(set(primes)):
-        c = primes.count(p)
-        parts.append(f"{p}^{c}" if c > 1 else str(p))
-    return " * ".join(parts)
-
-
 def _size_notes(name: str, n: int, max_factors: int) -> list[str]:
     """Why ``n`` splits into no more than its prime count, and the nearest sizes that do."""
     count = len(prime_factors(n))
     if count >= max_factors:
         return []
     k = count + 1
-    near = ", ".join(f"{m} = {_primes_text(m)}" for m in nearest_factorable(n, k))
-    what = "prime" if count == 1 else _primes_text(n)
+    near = ", ".join(f"{m} = {format_primes(m)}" for m in nearest_factorable(n, k))
+    what = "prime" if count == 1 else format_primes(n)
     return [
         f"{name} {n} ({what}) splits into at most {count} factor(s) > 1; nearest sizes "
         f"that split into {k}: {near}."
@@ -233,8 +223,8 @@ def format_plan(plan: Plan) -> str:
         mode += ", size-1 factors allowed"
     lines = [
         f"{plan.in_features} -> {plan.out_features} ({plan.in_features} = "
-        f"{_primes_text(plan.in_features)}, {plan.out_features} = "
-        f"{_primes_text(plan.out_features)}): dense {plan.dense_weights:,} weights, "
+        f"{format_primes(plan.in_features)}, {plan.out_features} = "
+        f"{format_primes(plan.out_features)}): dense {plan.dense_weights:,} weights, "
         f"{plan.dense_flops:,} FLOPs/sample; {mode}; 1..{plan.max_factors} factors, "
         f"{len(plan.rows)} factorisation(s), sorted by weights.",
         "",

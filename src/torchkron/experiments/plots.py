@@ -114,9 +114,13 @@ def _figure(variants: Sequence[Variant], key: str, ylabel: str, title: str, *, l
     fig.suptitle(f"{title} ({_seeds_text(variants)})")
     # Outside the axes: a legend inside would hide some variant's curve.
     axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return png_bytes(fig)
+
+
+def png_bytes(fig: Any, dpi: int = DPI) -> bytes:
+    """A figure as PNG bytes, identical across reruns (no software/version stamp)."""
     buf = io.BytesIO()
-    # Software/None drops matplotlib's version stamp: identical bytes across reruns.
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
     return buf.getvalue()
 
 

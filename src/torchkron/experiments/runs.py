@@ -96,9 +96,13 @@ def now_iso() -> str:
 
 
 def git_sha(cwd: Path | None = None) -> str | None:
-    """The checkout's commit, with ``-dirty`` when it has local changes; None outside git."""
+    """The checkout's commit, with ``-dirty`` when it has local changes; None outside git.
+
+    By default the checkout this module lives in (an editable install), whatever the
+    current directory.
+    """
     try:
-        where = str(cwd or Path.cwd())
+        where = str(cwd or Path(__file__).resolve().parent)
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, check=True
         ).stdout.strip()
