@@ -225,8 +225,8 @@ def test_frontier_summary_points_front_budgets_and_findings():
     assert answers == {
         "kron-vs-dense": (
             True,
-            "Kronecker wins at budgets <= 3,000, <= 10,000, <= 30,000, <= 100,000, <= 300,000; "
-            "dense wins at <= 1,000,000; within seed noise at none.",
+            "Kronecker wins at weight budgets <= 3,000, <= 10,000, <= 30,000, <= 100,000, "
+            "<= 300,000; dense wins at <= 1,000,000; within seed noise at no budget.",
         ),
         "more-factors": (
             True,

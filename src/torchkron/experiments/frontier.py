@@ -214,13 +214,13 @@ def _kron_vs_dense(budgets: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     ties = [b for b in both if not b["beyond_noise"]]
 
     def budgets_text(rows: Sequence[Mapping[str, Any]]) -> str:
-        return ", ".join(f"<= {b['budget']:,}" for b in rows) or "none"
+        return ", ".join(f"<= {b['budget']:,}" for b in rows) or "no budget"
 
     question = "Where do Kronecker nets beat dense nets with no more weights?"
     if not both:
         return _finding("kron-vs-dense", question, None, "Not tested: needs both kinds.", [])
     answer = (
-        f"Kronecker wins at budgets {budgets_text(wins)}; dense wins at "
+        f"Kronecker wins at weight budgets {budgets_text(wins)}; dense wins at "
         f"{budgets_text(losses)}; within seed noise at {budgets_text(ties)}."
     )
     evidence = [
