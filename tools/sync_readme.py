@@ -20,6 +20,9 @@ BLOCK = re.compile(
 )
 
 
+LINK = re.compile(r"\]\((?!https?:|/|#)([^)\s]+)\)")
+
+
 def _body(path: str) -> str:
     text = (ROOT / path).read_text()
     lines = text.splitlines()
@@ -27,7 +30,11 @@ def _body(path: str) -> str:
         lines = lines[1:]
     # Headings move one level down: the block sits inside a README section.
     lines = ["#" + line if line.startswith("#") else line for line in lines]
-    return "\n".join(lines).strip("\n") + "\n"
+    body = "\n".join(lines).strip("\n") + "\n"
+    # Relative links and images point next to the source file; make them relative to the
+    # README instead.
+    folder = Path(path).parent.as_posix()
+    return LINK.sub(lambda m: f"]({folder}/{m.group(1)})" if folder != "." else m.group(0), body)
 
 
 def synced(readme: str) -> str:

@@ -204,6 +204,7 @@ def _finding(
         "holds": holds,
         "answer": answer,
         "evidence": "; ".join(evidence) if evidence else "no paired config was run",
+        "evidence_items": list(evidence),
     }
 
 
@@ -440,7 +441,12 @@ def frontier_markdown(summary: Summary) -> str:
         "",
     ]
     for i, f in enumerate(summary["findings"], 1):
-        lines.append(f"{i}. **{f['question']}** {f['answer']} Evidence: {f['evidence']}.")
+        lines.append(f"{i}. **{f['question']}** {f['answer']}")
+        items = f.get("evidence_items") or [f["evidence"]]
+        # Folded: the paired comparisons are long, the answers are what most readers need.
+        lines += ["", "   <details><summary>Evidence</summary>", ""]
+        lines += [f"   - {item}" for item in items]
+        lines += ["", "   </details>", ""]
     lines += ["", "## Best accuracy at each weight budget", "", *_budget_table(summary), ""]
     lines += ["## Pareto front", "", "| config | weights | test accuracy % |", "|---|---:|---:|"]
     for name in summary["pareto"]:
