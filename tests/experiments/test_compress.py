@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from tests.experiments.synthetic import write_synthetic_mnist
 
 from torchkron.cli import main
 from torchkron.experiments.compress import convert, load_source
+from torchkron.experiments.compress_report import _vs_scratch
 from torchkron.experiments.errors import UserError
 from torchkron.experiments.variants import build_mlp, dense_baseline, get_variant
 from torchkron.linear import KronLinear
@@ -274,3 +276,28 @@ def test_compress_cli_errors_are_one_line(tmp_path, capsys):
         "torchkron compress: error: --factors must be 2 or more (1 factor is the dense "
         "layer), got 1.\n"
     )
+
+
+def _row(rank: int, diff: float, beyond: bool) -> dict[str, Any]:
+    return {
+        "rank": rank,
+        "finetune_minus_scratch": diff,
+        "beyond_noise": beyond,
+        "source": {"epochs": 35},
+        "finetune": {"epochs": 5},
+        "scratch": {"epochs": 35},
+    }
+
+
+def test_finetune_vs_scratch_answer_names_only_outcomes_that_occur() -> None:
+    every = _vs_scratch([_row(1, -3.0, True), _row(2, -1.0, True)])
+    assert every["answer"] == (
+        "Scratch wins at every rank run (fine-tuned: 35 dense + 5 fine-tune epochs; "
+        "scratch: 35 epochs)."
+    )
+    assert every["holds"] is False
+    mixed = _vs_scratch([_row(1, 0.5, True), _row(2, 0.1, False), _row(4, 0.2, False)])
+    assert mixed["answer"].startswith(
+        "Fine-tuned wins at ranks 1; within seed noise at ranks 2, 4 ("
+    )
+    assert mixed["holds"] is True

@@ -129,6 +129,10 @@ def _ranks(rows: Iterable[Row]) -> str:
     return ", ".join(str(r["rank"]) for r in rows) or "none"
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _finding(ident: str, question: str, holds: bool | None, answer: str) -> dict[str, Any]:
     return {
         "id": ident,
@@ -154,9 +158,17 @@ def _vs_scratch(rows: Sequence[Row]) -> dict[str, Any]:
         if source_epochs
         else f"{first['finetune']['epochs']} fine-tune epochs after the dense training"
     )
+    outcomes = [
+        f"{label} at {'every rank run' if len(group) == len(both) else 'ranks ' + _ranks(group)}"
+        for label, group in (
+            ("fine-tuned wins", wins),
+            ("scratch wins", losses),
+            ("within seed noise", ties),
+        )
+        if group
+    ]
     answer = (
-        f"Fine-tuned wins at ranks {_ranks(wins)}; scratch wins at ranks {_ranks(losses)}; "
-        f"within seed noise at ranks {_ranks(ties)} (fine-tuned: {spent}; scratch: "
+        f"{_sentence('; '.join(outcomes))} (fine-tuned: {spent}; scratch: "
         f"{first['scratch']['epochs']} epochs)."
     )
     return _finding("finetune-vs-scratch", question, bool(wins) and not losses, answer)
