@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +11,7 @@ from hypothesis import strategies as st
 from tests.reference import random_factors, reference_weight
 
 from torchkron import KronLinear, _fastkron
+from torchkron.experiments.bench import cpu_memory_events, replayed_peak_bytes
 from torchkron.functional import (
     _GROUP_MAX_SIZE,
     IMPLS,
@@ -160,26 +158,8 @@ def test_choose_impl_follows_grad_mode():
 
 def _peak_and_largest_allocation(fn) -> tuple[int, int]:
     """(peak live bytes, largest single allocation) of torch's CPU allocator during fn."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trace.json"
-        prof.export_chrome_trace(str(path))
-        events = json.loads(path.read_text())["traceEvents"]
-    mem = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
-    live = peak = 0
-    blocks = {}
-    for e in mem:  # replay allocations and frees of blocks allocated during fn
-        size, addr = e["args"]["Bytes"], e["args"]["Addr"]
-        if size > 0:
-            blocks[addr] = size
-            live += size
-        elif addr in blocks:
-            live -= blocks.pop(addr)
-        peak = max(peak, live)
-    return peak, max(e["args"]["Bytes"] for e in mem)
+    events = cpu_memory_events(fn)
+    return replayed_peak_bytes(events), max(e["args"]["Bytes"] for e in events)
 
 
 @pytest.mark.parametrize("impl", TESTED)

@@ -131,6 +131,15 @@ def add_recipe_arguments(
     )
 
 
+def add_jobs_argument(p: argparse.ArgumentParser, runs: str = "runs") -> None:
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        help=f"{runs} trained side by side in worker processes (default: one per CPU core)",
+    )
+
+
 def add_run_arguments(p: argparse.ArgumentParser, out: str) -> None:
     add_data_arguments(p)
     p.add_argument(
@@ -265,12 +274,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seeds", type=_positive_int, default=3, help="seeds per variant (default %(default)s)"
     )
-    p.add_argument(
-        "--jobs",
-        type=_positive_int,
-        default=None,
-        help="runs trained side by side in worker processes (default: one per CPU core)",
-    )
+    add_jobs_argument(p)
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     add_run_arguments(p, "results/mnist")
     add_recipe_arguments(p)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from torchkron.experiments.runs import SCHEMA, atomic_write_json, run_filename
-from torchkron.experiments.variants import get_variant
+from torchkron.experiments.variants import MLPSpec, get_variant
 
 #: A training recipe as ``TrainConfig.to_dict()`` writes it (``epochs`` set per record).
 BASE_CONFIG: dict[str, Any] = {
@@ -37,7 +37,7 @@ ENVIRONMENT: dict[str, Any] = {
 
 
 def make_record(
-    variant: str,
+    variant: str | MLPSpec,
     seed: int,
     accuracy: Sequence[float],
     *,
@@ -47,12 +47,13 @@ def make_record(
     complete: bool = True,
     config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A run record of registry variant ``variant`` whose history is ``accuracy`` per epoch.
+    """A run record of ``variant`` (a registry id or a spec) whose history is ``accuracy``
+    per epoch.
 
     Losses default to simple functions of the accuracy, seconds to 1.0 per epoch; the
     config's ``epochs`` is the history length unless ``config`` says otherwise.
     """
-    spec = get_variant(variant)
+    spec = get_variant(variant) if isinstance(variant, str) else variant
     n = len(accuracy)
     test_loss = [(100.0 - a) / 50.0 for a in accuracy] if test_loss is None else test_loss
     train_loss = [0.9 * x for x in test_loss] if train_loss is None else train_loss
@@ -77,7 +78,7 @@ def make_record(
             "seconds": list(seconds),
         },
         "complete": complete,
-        "command": f"torchkron reproduce --variants {variant} --seeds {seed}",
+        "command": f"torchkron reproduce --variants {spec.name} --seeds {seed}",
         "environment": dict(ENVIRONMENT),
         "started_at": "2026-01-01T00:00:00+00:00",
         "finished_at": "2026-01-01T00:10:00+00:00" if complete else None,

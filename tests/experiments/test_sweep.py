@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.experiments.run_factory import BASE_CONFIG, ENVIRONMENT
+from tests.experiments.run_factory import make_record
 from tests.experiments.synthetic import write_synthetic_mnist
 
 from torchkron.cli import main
@@ -20,7 +20,6 @@ from torchkron.experiments.frontier import (
     pareto_front,
     plot_frontier,
 )
-from torchkron.experiments.runs import SCHEMA
 from torchkron.experiments.sweep import (
     DEFAULT_RANKS,
     DEFAULT_WIDTHS,
@@ -140,31 +139,9 @@ def test_pareto_front_and_budgets():
 
 
 def _record(spec: MLPSpec, seed: int, final: float) -> dict[str, Any]:
-    return {
-        "schema": SCHEMA,
-        "variant": spec.name,
-        "description": spec.description,
-        "family": spec.family,
-        "order": spec.order,
-        "spec": spec.to_dict(),
-        "seed": seed,
-        "weights": spec.weights(),
-        "parameters": spec.weights(),
-        "config": {**BASE_CONFIG, "epochs": 2},
-        "history": {
-            "epoch": [1, 2],
-            "train_loss": [1.0, 0.5],
-            "test_loss": [0.8, 0.4],
-            "test_accuracy": [final - 1.0, final],
-            "seconds": [1.0, 1.0],
-        },
-        "complete": True,
-        "command": "torchkron sweep",
-        "environment": dict(ENVIRONMENT),
-        "started_at": "2026-01-01T00:00:00+00:00",
-        "finished_at": "2026-01-01T00:01:00+00:00",
-        "extra": {},
-    }
+    return make_record(
+        spec, seed, [final - 1.0, final], test_loss=[0.8, 0.4], train_loss=[1.0, 0.5]
+    )
 
 
 #: Final accuracies per seed: Kronecker wins at small budgets, dense at the largest.

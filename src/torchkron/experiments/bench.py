@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime as _dt
 import json
 import math
 import os
@@ -46,7 +45,7 @@ import torch.utils.benchmark as tbench
 from torch import Tensor, nn
 
 from torchkron import KronLinear
-from torchkron.experiments.runs import git_sha
+from torchkron.experiments.runs import cpu_name, cpuinfo_field, git_sha, now_iso
 from torchkron.functional import (
     IMPLS,
     choose_impl,
@@ -62,8 +61,13 @@ __all__ = [
     "SCHEMA",
     "BenchShape",
     "add_arguments",
+    "cpu_memory_events",
+    "environment",
     "main",
+    "replayed_peak_bytes",
+    "result_stem",
     "run_suite",
+    "step_peak_bytes",
 ]
 
 SCHEMA = 1
@@ -379,6 +383,11 @@ def step_peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
         fn()
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - before)
+    return replayed_peak_bytes(cpu_memory_events(fn))
+
+
+def cpu_memory_events(fn: Callable[[], None]) -> list[dict[str, Any]]:
+    """torch.profiler's ``[memory]`` events of one call of ``fn`` (CPU allocator), in order."""
     from torch.profiler import ProfilerActivity, profile
 
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -387,14 +396,20 @@ def step_peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))
         trace = json.loads(path.read_text())
-    events = sorted(
+    return sorted(
         (e for e in trace.get("traceEvents", []) if e.get("name") == "[memory]"),
         key=lambda e: float(e.get("ts", 0.0)),
     )
-    # Replay allocations and frees in order, counting a free only for a block allocated
-    # during this call (frees of older blocks, e.g. last step's gradients, are reported
-    # inconsistently by the profiler); the events' own running totals are not reset
-    # between profiles, so they are not used.
+
+
+def replayed_peak_bytes(events: Sequence[dict[str, Any]]) -> int:
+    """Peak live bytes of the blocks allocated during the profiled call.
+
+    Allocations and frees are replayed in order, counting a free only for a block
+    allocated during the call (frees of older blocks, e.g. last step's gradients, are
+    reported inconsistently by the profiler); the events' own running totals are not
+    reset between profiles, so they are not used.
+    """
     live = peak = 0
     blocks: dict[int, int] = {}
     for e in events:
@@ -562,7 +577,7 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
     """Time every contender at every shape, dtype and mode; return the JSON document."""
     results: list[dict[str, Any]] = []
     skipped_dtypes: dict[str, str] = {}
-    started = _now()
+    started = now_iso()
     for dtype in cfg.dtypes:
         reason = _dtype_unsupported(dtype, cfg.device)
         if reason is not None:
@@ -576,7 +591,7 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
         "schema": SCHEMA,
         "kind": "torchkron-bench",
         "started_at": started,
-        "finished_at": _now(),
+        "finished_at": now_iso(),
         "environment": environment(cfg.device, cfg.threads),
         "config": {
             "device": str(cfg.device),
@@ -642,28 +657,8 @@ def _goals(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # Environment and output
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((cpuinfo_field("flags") or "").split())
 
 
 def environment(device: torch.device, threads: int) -> dict[str, Any]:
@@ -674,7 +669,7 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "hostname": platform.node(),
-        "processor": _cpu_name(),
+        "processor": cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
         "interop_threads": torch.get_num_interop_threads(),
@@ -697,7 +692,7 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return str(torch.cuda.get_device_name(device))
-    return _cpu_name()
+    return cpu_name()
 
 
 def _slug(text: str) -> str:

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torchkron.cli import (
     _positive_float,
     _positive_int,
+    add_jobs_argument,
     add_recipe_arguments,
     add_run_arguments,
     config_from,
@@ -446,7 +447,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if args.report_only:
         paths = write_compress_report(args.out, plots=not args.no_plots)
         print(compress_text(paths.summary_data))
-        print(f"wrote {paths.summary}, {paths.markdown}" + ("" if args.no_plots else " and plot"))
+        print(paths.wrote())
         return 0
     if args.factors < 2:
         raise UserError(
@@ -539,12 +540,7 @@ def register(subparsers: Any) -> None:
         "are copied instead of retrained (default %(default)s; ignored when absent)",
     )
     g.add_argument("--no-scratch", action="store_true", help="skip the scratch arm")
-    p.add_argument(
-        "--jobs",
-        type=_positive_int,
-        default=None,
-        help="scratch runs trained side by side in worker processes (default: one per core)",
-    )
+    add_jobs_argument(p, "scratch runs")
     p.add_argument("--no-plots", action="store_true", help="skip compress.png")
     p.add_argument(
         "--report-only",

@@ -15,18 +15,17 @@ Differences use the seed-noise criterion of :mod:`torchkron.experiments.findings
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torchkron.experiments.errors import UserError
 from torchkron.experiments.findings import ACCURACY_TOLERANCE_PP, NOISE_FACTOR, compare
+from torchkron.experiments.report import SummaryFiles
 from torchkron.experiments.runs import (
-    RunRecord,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
-    load_runs,
+    load_complete_runs,
 )
 from torchkron.experiments.summary import summarize
 
@@ -34,7 +33,6 @@ __all__ = [
     "COMPRESS_JSON",
     "COMPRESS_MD",
     "COMPRESS_PNG",
-    "CompressPaths",
     "compress_markdown",
     "compress_summary",
     "compress_text",
@@ -445,34 +443,11 @@ def plot_compress(summary: Summary) -> bytes:
 # --- files ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CompressPaths:
-    """The files :func:`write_compress_report` wrote, and the summary it wrote."""
-
-    summary: Path
-    markdown: Path
-    plot: Path | None
-    summary_data: dict[str, Any]
-
-
-def _load(out_dir: Path) -> list[RunRecord]:
-    runs_dir = out_dir / "runs"
-    if not runs_dir.is_dir():
-        raise UserError(
-            f"No runs folder at {runs_dir}; run `torchkron compress --out {out_dir}` first."
-        )
-    complete = [r for r in load_runs(runs_dir, complete_only=True) if _block(r).get("arm")]
-    if not complete:
-        raise UserError(
-            f"{runs_dir} holds no complete compress run; finish them with `torchkron compress "
-            f"--out {out_dir} --resume` and the same options."
-        )
-    return complete
-
-
-def write_compress_report(out_dir: Path, *, plots: bool = True) -> CompressPaths:
+def write_compress_report(out_dir: Path, *, plots: bool = True) -> SummaryFiles:
     """Write ``compress.json``, ``compress.md`` and (unless ``plots=False``) ``compress.png``."""
-    summary = compress_summary(_load(out_dir))
+    summary = compress_summary(
+        load_complete_runs(out_dir, "compress", keep=lambda r: bool(_block(r).get("arm")))
+    )
     path = out_dir / COMPRESS_JSON
     atomic_write_json(path, summary)
     markdown = out_dir / COMPRESS_MD
@@ -481,4 +456,4 @@ def write_compress_report(out_dir: Path, *, plots: bool = True) -> CompressPaths
     if plots:
         plot = out_dir / COMPRESS_PNG
         atomic_write_bytes(plot, plot_compress(summary))
-    return CompressPaths(path, markdown, plot, summary)
+    return SummaryFiles(path, markdown, plot, summary)

@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torchkron.experiments.errors import UserError
 from torchkron.experiments.findings import NOISE_FACTOR, compare
-from torchkron.experiments.runs import RunRecord, atomic_write_bytes, atomic_write_text, load_runs
+from torchkron.experiments.report import SummaryFiles
+from torchkron.experiments.runs import (
+    atomic_write_bytes,
+    atomic_write_text,
+    load_complete_runs,
+)
 from torchkron.experiments.summary import save_summary, summarize
 from torchkron.experiments.tables import format_duration
 from torchkron.experiments.variants import SEED_VARIANTS
@@ -37,7 +41,6 @@ __all__ = [
     "DENSE_SERIES",
     "FRONTIER_MD",
     "FRONTIER_PNG",
-    "FrontierPaths",
     "budget_levels",
     "frontier_markdown",
     "frontier_summary",
@@ -579,36 +582,9 @@ def plot_frontier(summary: Summary) -> bytes:
 # --- files -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FrontierPaths:
-    """The files :func:`write_frontier` wrote, and the summary it wrote."""
-
-    summary: Path
-    markdown: Path
-    plot: Path | None
-    summary_data: dict[str, Any]
-
-
-def load_sweep_runs(out_dir: Path) -> list[RunRecord]:
-    """The complete run records in ``out_dir/runs``; a UserError when there are none."""
-    runs_dir = out_dir / "runs"
-    if not runs_dir.is_dir():
-        raise UserError(
-            f"No runs folder at {runs_dir}; run `torchkron sweep --out {out_dir}` first."
-        )
-    records = load_runs(runs_dir, complete_only=False)
-    complete = [r for r in records if r.get("complete")]
-    if not complete:
-        raise UserError(
-            f"{runs_dir} holds no complete run ({len(records)} unfinished); finish them with "
-            f"`torchkron sweep --out {out_dir} --resume` and the same options."
-        )
-    return complete
-
-
-def write_frontier(out_dir: Path, *, plots: bool = True) -> FrontierPaths:
+def write_frontier(out_dir: Path, *, plots: bool = True) -> SummaryFiles:
     """Write ``summary.json``, ``frontier.md`` and (unless ``plots=False``) ``frontier.png``."""
-    summary = frontier_summary(load_sweep_runs(out_dir))
+    summary = frontier_summary(load_complete_runs(out_dir, "sweep"))
     summary_path = save_summary(out_dir, summary)
     markdown = out_dir / FRONTIER_MD
     atomic_write_text(markdown, frontier_markdown(summary))
@@ -616,4 +592,4 @@ def write_frontier(out_dir: Path, *, plots: bool = True) -> FrontierPaths:
     if plots:
         plot = out_dir / FRONTIER_PNG
         atomic_write_bytes(plot, plot_frontier(summary))
-    return FrontierPaths(summary_path, markdown, plot, summary)
+    return SummaryFiles(summary_path, markdown, plot, summary)

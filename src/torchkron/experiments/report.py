@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from torchkron.experiments.errors import UserError
-from torchkron.experiments.runs import RunRecord, load_runs
+from torchkron.experiments.runs import load_complete_runs
 from torchkron.experiments.summary import save_summary, summarize
 from torchkron.experiments.tables import format_duration, verdict, write_results_md
 
-__all__ = ["RUNS_DIR", "ReportPaths", "load_complete_runs", "report_text", "write_report"]
-
-RUNS_DIR = "runs"
+__all__ = ["ReportPaths", "SummaryFiles", "report_text", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -31,27 +29,23 @@ class ReportPaths:
     plots: tuple[Path, ...] = ()
 
 
-def load_complete_runs(out_dir: Path) -> list[RunRecord]:
-    """The complete run records in ``out_dir/runs``; a UserError when there are none."""
-    runs_dir = out_dir / RUNS_DIR
-    records = load_runs(runs_dir, complete_only=False)
-    complete = [r for r in records if r.get("complete")]
-    if complete:
-        return complete
-    if records:
-        raise UserError(
-            f"None of the {len(records)} run file(s) in {runs_dir} is complete; finish them "
-            f"with `torchkron reproduce --out {out_dir} --resume`, then report again."
-        )
-    raise UserError(
-        f"The runs folder {runs_dir} is empty; produce runs with "
-        f"`torchkron reproduce --out {out_dir}` first."
-    )
+@dataclass(frozen=True)
+class SummaryFiles:
+    """What a sweep or compress report wrote, and the summary it wrote."""
+
+    summary: Path
+    markdown: Path
+    plot: Path | None
+    summary_data: dict[str, Any]
+
+    def wrote(self) -> str:
+        """The line that names the files written."""
+        return f"wrote {self.summary}, {self.markdown}" + (f" and {self.plot}" if self.plot else "")
 
 
 def write_report(out_dir: Path, *, plots: bool = True) -> ReportPaths:
     """Summarise the complete runs in ``out_dir/runs`` into ``out_dir``; return the paths."""
-    summary = summarize(load_complete_runs(out_dir))
+    summary = summarize(load_complete_runs(out_dir, "reproduce"))
     summary["sessions"] = load_sessions(out_dir)
     summary_path = save_summary(out_dir, summary)
     results_path = write_results_md(out_dir, summary)

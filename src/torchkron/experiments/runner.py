@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,18 +114,20 @@ def _init_worker(events: Any, data_dir: Path | None, config: TrainConfig) -> Non
     _WORKER["data"] = prepare_data(load_mnist(data_dir, download=False), config)
 
 
+def _train_job(
+    job: Job,
+    config: TrainConfig,
+    data: Prepared,
+    out_dir: Path,
+    command: str,
+    on_epoch: Callable[[EpochEvent], None] | None,
+) -> RunRecord:
+    paths = RunPaths.under(out_dir, job.spec.name, job.seed)
+    return train_run(job.spec, job.seed, config, data, paths, command=command, on_epoch=on_epoch)
+
+
 def _run_in_worker(job: Job, config: TrainConfig, out_dir: Path, command: str) -> RunRecord:
-    events = _WORKER["events"]
-    data: Prepared = _WORKER["data"]
-    return train_run(
-        job.spec,
-        job.seed,
-        config,
-        data,
-        RunPaths.under(out_dir, job.spec.name, job.seed),
-        command=command,
-        on_epoch=events.put,
-    )
+    return _train_job(job, config, _WORKER["data"], out_dir, command, _WORKER["events"].put)
 
 
 def run_jobs(
@@ -153,18 +155,7 @@ def run_jobs(
     on_epoch = progress.epoch if progress is not None else None
     if workers <= 1:
         prepared = data or prepare_data(mnist, config)
-        return [
-            train_run(
-                j.spec,
-                j.seed,
-                config,
-                prepared,
-                RunPaths.under(out_dir, j.spec.name, j.seed),
-                command=command,
-                on_epoch=on_epoch,
-            )
-            for j in ordered
-        ]
+        return [_train_job(j, config, prepared, out_dir, command, on_epoch) for j in ordered]
     ctx = mp.get_context("spawn")
     events: Any = ctx.Queue()
     records: dict[Job, RunRecord] = {}

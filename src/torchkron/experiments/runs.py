@@ -40,19 +40,23 @@ import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from torchkron.experiments.errors import UserError
 
 __all__ = [
+    "RUNS_DIR",
     "SCHEMA",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "cpu_name",
+    "cpuinfo_field",
     "environment",
     "git_sha",
+    "load_complete_runs",
     "load_run",
     "load_runs",
     "now_iso",
@@ -60,6 +64,8 @@ __all__ = [
 ]
 
 SCHEMA = 1
+#: Where a results folder keeps its run files.
+RUNS_DIR = "runs"
 
 RunRecord = dict[str, Any]
 
@@ -129,21 +135,26 @@ def environment() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "processor": _cpu_name(),
+        "processor": cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "git_sha": git_sha(),
     }
 
 
-def _cpu_name() -> str:
+def cpuinfo_field(name: str) -> str | None:
+    """The value of the first ``name`` line of ``/proc/cpuinfo`` (None where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(name):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def cpu_name() -> str:
+    return cpuinfo_field("model name") or platform.processor() or "unknown"
 
 
 def load_run(path: Path) -> RunRecord:
@@ -176,11 +187,35 @@ def iter_run_files(runs_dir: Path) -> Iterator[Path]:
 
 
 def load_runs(runs_dir: Path, *, complete_only: bool = True) -> list[RunRecord]:
-    """Every run record in ``runs_dir`` (sorted by file name)."""
-    if not runs_dir.is_dir():
-        raise UserError(
-            f"No runs folder at {runs_dir}; run `torchkron reproduce --out "
-            f"{runs_dir.parent}` first, or point at the folder that holds runs/."
-        )
+    """Every run record in ``runs_dir`` (sorted by file name; none if it does not exist)."""
     records = [load_run(p) for p in iter_run_files(runs_dir)]
     return [r for r in records if r.get("complete") or not complete_only]
+
+
+def load_complete_runs(
+    out_dir: Path, command: str, *, keep: Callable[[RunRecord], bool] | None = None
+) -> list[RunRecord]:
+    """The complete run records in ``out_dir/runs`` that ``keep`` accepts (all by default).
+
+    A UserError that names ``torchkron COMMAND`` when there are none: no runs folder, an
+    empty one, or only unfinished runs.
+    """
+    runs_dir = out_dir / RUNS_DIR
+    if not runs_dir.is_dir():
+        raise UserError(
+            f"No runs folder at {runs_dir}; run `torchkron {command} --out {out_dir}` first."
+        )
+    records = [r for r in load_runs(runs_dir, complete_only=False) if keep is None or keep(r)]
+    complete = [r for r in records if r.get("complete")]
+    if complete:
+        return complete
+    if records:
+        raise UserError(
+            f"None of the {len(records)} run file(s) in {runs_dir} is complete; finish them "
+            f"with `torchkron {command} --out {out_dir} --resume` and the same options, then "
+            "report again."
+        )
+    raise UserError(
+        f"The runs folder {runs_dir} is empty; produce runs with "
+        f"`torchkron {command} --out {out_dir}` first."
+    )

@@ -29,6 +29,7 @@ from typing import Any
 
 from torchkron.cli import (
     _positive_int,
+    add_jobs_argument,
     add_recipe_arguments,
     add_run_arguments,
     config_from,
@@ -277,7 +278,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
         paths = write_frontier(args.out, plots=not args.no_plots)
         print(frontier_text(paths.summary_data))
-        print(f"wrote {paths.summary}, {paths.markdown}" + ("" if args.no_plots else " and plot"))
+        print(paths.wrote())
         return 0
     specs = grid_specs(_grid_from(args))
     config = config_from(args)
@@ -351,12 +352,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--seeds", type=_positive_int, default=3, help="seeds per config (default %(default)s)"
     )
-    p.add_argument(
-        "--jobs",
-        type=_positive_int,
-        default=None,
-        help="runs trained side by side in worker processes (default: one per CPU core)",
-    )
+    add_jobs_argument(p)
     p.add_argument("--no-plots", action="store_true", help="skip frontier.png")
     p.add_argument(
         "--report-only",
