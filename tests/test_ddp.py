@@ -79,7 +79,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     finally:
         dist.destroy_process_group()
     # Skip interpreter teardown: with torch 2.13's gloo backend, process exit occasionally
-    # deadlocks in a backend thread after all work is done (about 1 run in 15 here), and
+    # deadlocks in a backend thread after all work is done (3 hangs in 25 runs here), and
     # mp.spawn then waits forever. The results are saved; an exception still propagates.
     sys.stdout.flush()
     sys.stderr.flush()
