@@ -1,0 +1,74 @@
+"""Small generated views of result files that no single result file holds as text.
+
+Each view is a pure function of committed result files returning Markdown; the pages
+embed them as ``<!-- generated:view:NAME -->`` blocks (see sync_readme.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = ROOT / "results" / "mnist"
+
+
+def format_duration(seconds: float) -> str:
+    """``1 h 02 min``, ``8 min 01 s`` or ``12.3 s`` (as results.md writes durations)."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    s = round(seconds)
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {sec:02d} s"
+
+
+def _load(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def complete_session(folder: Path = MNIST) -> dict[str, Any] | None:
+    """The last reproduce session that trained the whole experiment in one go.
+
+    A session that resumed (``--resume`` in its command, or marked ``resumed``/not
+    ``complete`` by the runner) timed only part of the work, so it is not a
+    reproduction's wall time.
+    """
+    sessions = _load(folder / "sessions.json") or []
+    full = [
+        s
+        for s in sessions
+        if isinstance(s, dict)
+        and "--resume" not in str(s.get("command", "")).split()
+        and not s.get("resumed", False)
+        and s.get("complete", True)
+        and s.get("runs")
+    ]
+    return full[-1] if full else None
+
+
+def reproduce_time(folder: Path = MNIST) -> str:
+    """One sentence: how long ``make reproduce`` took, on which machine."""
+    session = complete_session(folder)
+    if session is None:
+        return "_No complete reproduce session is recorded in `results/mnist/sessions.json`._\n"
+    env = session.get("environment", {})
+    summary = _load(folder / "summary.json") or {}
+    variants = summary.get("variants") or []
+    shape = ""
+    if variants:
+        seeds = {v.get("runs") for v in variants}
+        epochs = {v.get("epochs") for v in variants}
+        if len(seeds) == 1 and len(epochs) == 1:
+            shape = f" ({len(variants)} variants x {seeds.pop()} seeds x {epochs.pop()} epochs)"
+    day = str(session.get("started_at", ""))[:10]
+    return (
+        f"`make reproduce` took **{format_duration(float(session['wall_seconds']))}** of wall "
+        f"time for {session['runs']} runs{shape} on a {env.get('cpu_count')}-core machine "
+        f"({env.get('processor')}, {session.get('workers')} worker processes, torch "
+        f"{env.get('torch')}), measured {day} (`results/mnist/sessions.json`).\n"
+    )
