@@ -72,3 +72,32 @@ def reproduce_time(folder: Path = MNIST) -> str:
         f"({env.get('processor')}, {session.get('workers')} worker processes, torch "
         f"{env.get('torch')}), measured {day} (`results/mnist/sessions.json`).\n"
     )
+
+
+# The ``torchkron plan`` runs that docs/frontier.md shows, output and all.
+PLAN_EXAMPLES = (("784", "625", "--factors", "4"), ("13", "16"))
+
+
+def plan_examples() -> str:
+    """The output of each ``PLAN_EXAMPLES`` command, run in-process, as a console block."""
+    import contextlib
+    import io
+    import sys
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from torchkron.cli import main
+
+    lines = ["```console"]
+    for args in PLAN_EXAMPLES:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            status = main(["plan", *args])
+        if status != 0:
+            raise RuntimeError(f"torchkron plan {' '.join(args)} exited {status}")
+        lines += [
+            f"$ torchkron plan {' '.join(args)}",
+            *out.getvalue().rstrip("\n").split("\n"),
+            "",
+        ]
+    lines[-1] = "```"
+    return "\n".join(lines) + "\n"

@@ -7,7 +7,8 @@ The pages never hold hand-typed results. Two kinds of block are kept in sync:
   lower and its relative links rewritten to be relative to the page.
 - ``<!-- generated:view:NAME -->`` ... ``<!-- end:view:NAME -->``: the Markdown that the
   view NAME computes (see ``VIEWS``: the CLI reference from the argparse parsers, the API
-  reference from the docstrings, the README's speed table and reproduction time).
+  reference from the docstrings, the README's speed table and reproduction time, the
+  output of the ``torchkron plan`` examples).
 
 It also rewrites ``benchmarks/results/headline.md`` from the ``bench-*.json`` files.
 ``--check`` changes nothing and fails, naming each stale page and block, if any of them
@@ -28,10 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(ROOT))
 
+# Markers count only at the start of a line, so that pages can quote them in prose.
 BLOCK = re.compile(
-    r"(<!-- generated:(?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- end:(?P=path) -->)", re.S
+    r"^(<!-- generated:(?P<path>\S+) -->\n)(?P<body>.*?)^(<!-- end:(?P=path) -->)$", re.S | re.M
 )
-OPENING = re.compile(r"<!-- generated:([^ ]+) -->")
+OPENING = re.compile(r"^<!-- generated:(\S+) -->$", re.M)
 LINK = re.compile(r"\]\((?!https?:|/|#)([^)\s]+)\)")
 HEADLINE = "benchmarks/results/headline.md"
 
@@ -62,11 +64,18 @@ def _reproduce_time() -> str:
     return result_views.reproduce_time()
 
 
+def _plan_examples() -> str:
+    from tools import result_views
+
+    return result_views.plan_examples()
+
+
 VIEWS: dict[str, Callable[[], str]] = {
     "cli": _cli,
     "api": _api,
     "speed-summary": _speed_summary,
     "reproduce-time": _reproduce_time,
+    "plan-examples": _plan_examples,
 }
 
 
