@@ -1,4 +1,5 @@
-"""The README: its example runs, its generated sections match the result files."""
+"""The README and docs/: the example runs, the front page stays a front page, and every
+generated block matches the result files it comes from (a hand-edited number fails)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,41 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from tools import sync_readme
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+DOCS = ("reproduction", "frontier", "speed", "distributed", "cli", "api")
+# Which generated blocks each page must hold (a page may hold more).
+EXPECTED_BLOCKS = {
+    "README.md": ["view:reproduce-time", "results/mnist/results.md", "view:speed-summary"],
+    "docs/reproduction.md": [
+        "results/mnist/results.md",
+        "view:reproduce-time",
+        "benchmarks/results/harness-cpu.md",
+    ],
+    "docs/frontier.md": [
+        "view:plan-examples",
+        "results/sweep/frontier.md",
+        "results/compress/compress.md",
+    ],
+    "docs/speed.md": [
+        "view:speed-summary",
+        "benchmarks/results/headline.md",
+        "benchmarks/results/gpu-graphs-cuda-nvidia-h200.md",
+    ],
+    "docs/cli.md": ["view:cli"],
+    "docs/api.md": ["view:api"],
+}
 
 
 def _blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, re.S)
+
+
+def _section(title: str) -> str:
+    return README.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
 def test_example_runs():
@@ -24,18 +54,127 @@ def test_example_runs():
     assert namespace["head"].num_weights() == 175  # type: ignore[attr-defined]
 
 
-def test_quick_start_is_two_commands_and_ci_runs_the_test_one():
-    quick = README.split("## Quick start", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+def test_example_is_about_ten_lines():
+    code = [line for line in _blocks("python")[0].splitlines() if line.strip()]
+    assert len(code) <= 12
+
+
+def test_quick_start_is_test_then_reproduce_and_ci_runs_the_test_one():
+    quick = _section("Quick start").split("```bash\n", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in quick.splitlines() if line.strip()]
-    assert commands == ["make reproduce", "make test"]
+    assert commands == ["make test", "make reproduce"]
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_generated_sections_are_up_to_date():
+def test_quick_start_says_how_long_reproduce_takes_and_on_what_machine():
+    quick = _section("Quick start")
+    block = quick.split("<!-- generated:view:reproduce-time -->\n", 1)[1].split("<!-- end:", 1)[0]
+    assert re.search(r"`make reproduce` took \*\*\d+ min \d\d s\*\*", block), block
+    assert re.search(r"on a \d+-core machine \(", block), block
+    assert "results/mnist/sessions.json" in block
+
+
+def test_readme_is_a_front_page():
+    size = len(README.encode())
+    assert size <= 15 * 1024, f"README.md is {size} bytes; move detail to docs/"
+    for page in DOCS:
+        assert f"](docs/{page}.md)" in README, f"README does not link docs/{page}.md"
+    assert "![accuracy against weights](results/sweep/frontier.png)" in README
+
+
+@pytest.mark.parametrize("page", sorted(EXPECTED_BLOCKS))
+def test_page_holds_its_generated_blocks(page):
+    text = (ROOT / page).read_text()
+    names = [m.group("path") for m in sync_readme.BLOCK.finditer(text)]
+    for name in EXPECTED_BLOCKS[page]:
+        assert name in names, f"{page} lacks <!-- generated:{name} -->"
+
+
+def test_generated_blocks_are_up_to_date():
     result = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "sync_readme.py"), "--check"],
         capture_output=True,
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert "<!-- generated:results/mnist/results.md -->" in README
+
+
+VIEWS: dict[str, str] = {}  # computed views, shared by the tests below
+
+
+def _mirror(tmp_path: Path) -> Path:
+    """A repository root whose pages are copies and whose result folders are links."""
+    (tmp_path / "docs").mkdir()
+    for page in sync_readme.pages(ROOT):
+        (tmp_path / page.relative_to(ROOT)).write_text(page.read_text())
+    (tmp_path / "results").symlink_to(ROOT / "results")
+    (tmp_path / "benchmarks").symlink_to(ROOT / "benchmarks")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("page", "block", "old", "new"),
+    [
+        ("README.md", "results/mnist/results.md", "| 98.38 ± 0.01 |", "| 98.48 ± 0.01 |"),
+        ("README.md", "view:speed-summary", "3.32x", "4.32x"),
+        ("docs/frontier.md", "results/sweep/frontier.md", "| 98.20 ± 0.09 |", "| 98.30 ± 0.09 |"),
+        ("docs/speed.md", "benchmarks/results/headline.md", "22.54x", "25.54x"),
+        ("docs/cli.md", "view:cli", "(default 35)", "(default 36)"),
+    ],
+)
+def test_a_hand_edited_number_fails_the_check(tmp_path, page, block, old, new):
+    root = _mirror(tmp_path)
+    path = root / page
+    text = path.read_text()
+    body = text.split(f"<!-- generated:{block} -->\n", 1)[1].split(f"<!-- end:{block} -->", 1)[0]
+    assert old in body, f"the test's sample {old!r} is no longer in {page}'s {block} block"
+    path.write_text(text.replace(body, body.replace(old, new, 1), 1))
+    problems = sync_readme.check(root, VIEWS)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{page}: stale generated block(s) {block}\n"), problems[0]
+    assert new in problems[0], problems[0]  # the diff shows the edited line...
+    assert old in problems[0], problems[0]  # ...and the generated one
+    # Syncing restores exactly the committed page.
+    sync_readme.write(root, VIEWS)
+    assert path.read_text() == text
+
+
+def test_every_digit_of_every_block_is_checked():
+    # Flip one digit in each block of each page (in memory): regeneration must undo it.
+    for page in sync_readme.pages(ROOT):
+        text = page.read_text()
+        for m in sync_readme.BLOCK.finditer(text):
+            digit = re.search(r"\d", m.group("body"))
+            if digit is None:
+                continue
+            at = m.start("body") + digit.start()
+            edited = text[:at] + str((int(text[at]) + 1) % 10) + text[at + 1 :]
+            assert sync_readme.synced(edited, page, ROOT, VIEWS) == text, (page, m.group("path"))
+
+
+def test_an_edited_derived_result_file_fails_the_check(tmp_path):
+    root = _mirror(tmp_path)
+    (root / "benchmarks").unlink()
+    (root / "benchmarks" / "results").mkdir(parents=True)
+    for f in (ROOT / "benchmarks" / "results").iterdir():
+        (root / "benchmarks" / "results" / f.name).symlink_to(f)
+    headline = root / "benchmarks" / "results" / "headline.md"
+    text = headline.read_text()
+    headline.unlink()
+    headline.write_text(text.replace("22.54x", "25.54x"))
+    problems = sync_readme.check(root, VIEWS)
+    assert "benchmarks/results/headline.md is out of date" in problems
+
+
+def test_unclosed_block_and_unknown_view_are_errors(tmp_path):
+    page = tmp_path / "README.md"
+    with pytest.raises(
+        sync_readme.SyncError, match=r"block view:cli has no `<!-- end:view:cli -->`"
+    ):
+        sync_readme.synced("<!-- generated:view:cli -->\nx\n", page, tmp_path)
+    with pytest.raises(sync_readme.SyncError, match="unknown view 'nope'; known: cli, api"):
+        sync_readme.synced("<!-- generated:view:nope -->\n<!-- end:view:nope -->\n", page, tmp_path)
+    with pytest.raises(sync_readme.SyncError, match=r"names no/such\.md, which does not exist"):
+        sync_readme.synced(
+            "<!-- generated:no/such.md -->\n<!-- end:no/such.md -->\n", page, tmp_path
+        )

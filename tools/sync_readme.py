@@ -162,13 +162,17 @@ def derived_files(root: Path = ROOT) -> dict[Path, str]:
     }
 
 
-def check(root: Path = ROOT) -> list[str]:
-    """One message per out-of-date page or derived file (empty: all in sync)."""
+def check(root: Path = ROOT, cache: dict[str, str] | None = None) -> list[str]:
+    """One message per out-of-date page or derived file (empty: all in sync).
+
+    ``cache`` keeps computed views between calls (they depend only on the code and the
+    result files).
+    """
     problems = []
     for path, text in derived_files(root).items():
         if not path.exists() or path.read_text() != text:
             problems.append(f"{path.relative_to(root)} is out of date")
-    cache: dict[str, str] = {}
+    cache = {} if cache is None else cache
     for page in pages(root):
         current = page.read_text()
         new = synced(current, page, root, cache)
@@ -185,14 +189,14 @@ def check(root: Path = ROOT) -> list[str]:
     return problems
 
 
-def write(root: Path = ROOT) -> list[Path]:
+def write(root: Path = ROOT, cache: dict[str, str] | None = None) -> list[Path]:
     """Rewrite every derived file and page that is out of date; returns what changed."""
     changed = []
     for path, text in derived_files(root).items():
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
             changed.append(path)
-    cache: dict[str, str] = {}
+    cache = {} if cache is None else cache
     for page in pages(root):
         current = page.read_text()
         new = synced(current, page, root, cache)
