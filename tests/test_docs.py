@@ -1,0 +1,276 @@
+"""docs/ and the README: links resolve, prose numbers are generated ones, the CLI and API
+references cover everything public, and the generators behave."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from tools import bench_headline, gen_api_docs, gen_cli_docs, result_views, sync_readme
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = sync_readme.pages(ROOT)
+# Pages other branches are writing; the README already links them. Drop an entry once
+# the page is merged (a present page is checked like any other).
+PENDING = {"docs/models.md", "docs/lm.md", "docs/reproduction-usage.md"}
+# Pages whose prose discusses results: each number there must be one of the page's
+# generated numbers (rounded as the prose rounds it).
+RESULT_PAGES = ("README.md", "docs/reproduction.md", "docs/frontier.md", "docs/speed.md")
+# Numbers in result prose that are not measurements, with the reason.
+NOT_RESULTS = {
+    ("README.md", "3.10"): "the minimum Python version",
+    ("docs/reproduction.md", "0.1307"): "the recipe's pixel mean (a CLI default)",
+    ("docs/reproduction.md", "0.3081"): "the recipe's pixel std (a CLI default)",
+    ("docs/frontier.md", "27x"): "ratio of two generated weight counts (203,264 / 7,650)",
+    ("docs/speed.md", "100 MiB"): "a bound; the measured 97.0 MiB is in the speed table",
+}
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+HAND = re.compile(r"^<!-- hand-measured -->\n(.*?)^<!-- end:hand-measured -->$", re.S | re.M)
+# A number in generated text; not digits inside a word (a git SHA, a file name), but
+# ratios (71.4x) and shapes (784x625) count.
+NUMBER = re.compile(r"(?<![0-9a-wyzA-Z._])\d+(?:,\d{3})*(?:\.\d+)?(?![0-9a-wyzA-Z]|\.\d)")
+# A number that states a result: with decimals, or followed by a unit.
+CLAIM = re.compile(
+    r"(?<![\w.^*/-])(\d+(?:,\d{3})*(?:\.\d+)?)"
+    r"(?:\s*(%|x\b|pp\b|points?\b|ms\b|us\b|s\b|min\b|MiB\b|GiB\b|GB/s\b))?"
+)
+
+
+def _rel(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(text: str) -> set[str]:
+    seen: Counter[str] = Counter()
+    anchors = set()
+    for m in re.finditer(r"^#{1,6} (.+)$", FENCE.sub("", text), re.M):
+        slug = _slug(m.group(1))
+        anchors.add(slug if not seen[slug] else f"{slug}-{seen[slug]}")
+        seen[slug] += 1
+    return anchors
+
+
+def _links(text: str) -> list[str]:
+    prose = re.sub(r"`[^`\n]*`", "", FENCE.sub("", text))
+    return [t for t in LINK.findall(prose) if not re.match(r"[a-z]+:", t)]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_rel)
+def test_every_relative_link_resolves(page):
+    text = page.read_text()
+    for target in _links(text):
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        rel = dest.relative_to(ROOT).as_posix() if dest.is_relative_to(ROOT) else str(dest)
+        if not dest.exists():
+            assert rel in PENDING, f"{_rel(page)} links {target}, which does not exist"
+            continue
+        if anchor and dest.suffix == ".md":
+            assert anchor in _anchors(dest.read_text()), f"{_rel(page)}: no #{anchor} in {rel}"
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    for page in PAGES[1:]:
+        assert f"]({_rel(page)})" in readme, f"README.md does not link {_rel(page)}"
+
+
+def _generated_numbers(text: str) -> list[float]:
+    """Every number of the page's generated blocks."""
+    numbers = []
+    for m in sync_readme.BLOCK.finditer(text):
+        numbers += [float(n.replace(",", "")) for n in NUMBER.findall(m.group("body"))]
+    return numbers
+
+
+def _prose(text: str) -> str:
+    text = sync_readme.BLOCK.sub("", text)
+    text = HAND.sub("", text)
+    text = FENCE.sub("", text)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return re.sub(r"\]\([^)]*\)", "]", text)
+
+
+def unbacked_numbers(text: str, generated: list[float]) -> list[str]:
+    """Result-like numbers of the prose that no generated number rounds to."""
+    out = []
+    for m in CLAIM.finditer(_prose(text)):
+        token, unit = m.group(1), m.group(2)
+        if "." not in token and not unit:
+            continue  # a bare integer: a size, a count, a config value
+        value = float(token.replace(",", ""))
+        places = len(token.split(".")[1]) if "." in token else 0
+        tolerance = 0.5 * 10**-places + 1e-9
+        if not any(abs(g - value) <= tolerance for g in generated):
+            out.append(m.group(0).strip())
+    return out
+
+
+@pytest.mark.parametrize("name", RESULT_PAGES)
+def test_numbers_in_result_prose_are_generated_numbers(name):
+    text = (ROOT / name).read_text()
+    allowed = {token for page, token in NOT_RESULTS if page == name}
+    unbacked = [n for n in unbacked_numbers(text, _generated_numbers(text)) if n not in allowed]
+    assert not unbacked, (
+        f"{name}: {unbacked} appear in the prose but in no generated block; quote a "
+        "generated number, add a generated block for it, or mark the paragraph hand-measured"
+    )
+
+
+def test_a_hand_typed_result_in_prose_is_caught():
+    text = (ROOT / "docs" / "reproduction.md").read_text()
+    generated = _generated_numbers(text)
+    assert unbacked_numbers(text, generated) == ["0.1307", "0.3081"]
+    edited = text.replace("31 to 61 points", "31 to 66 points", 1)
+    assert edited != text
+    assert unbacked_numbers(edited, generated) == ["0.1307", "0.3081", "66 points"]
+    frontier = (ROOT / "docs" / "frontier.md").read_text()
+    generated = _generated_numbers(frontier)
+    assert "98.20 ± 0.09%" in _prose(frontier)
+    assert unbacked_numbers(frontier.replace("98.20 ± 0.09%", "98.99 ± 0.09%", 1), generated) == [
+        "98.99",
+        "27x",
+    ]
+
+
+def test_hand_measured_notes_are_labelled():
+    for page in PAGES:
+        for m in HAND.finditer(page.read_text()):
+            assert m.group(1).startswith("**Hand-measured"), _rel(page)
+
+
+def test_cli_reference_covers_every_command_and_option():
+    text = (ROOT / "docs" / "cli.md").read_text()
+    commands = gen_cli_docs.subcommands(gen_cli_docs.build_parser())
+    assert {"reproduce", "train", "report", "bench", "plan", "sweep", "compress"} <= set(commands)
+    for name, parser in commands.items():
+        assert f"### `torchkron {name}`" in text
+        for action in parser._actions:
+            for option in action.option_strings:
+                if option not in ("-h", "--help"):
+                    assert f"`{option}" in text, f"docs/cli.md lacks {name} {option}"
+
+
+def test_api_reference_covers_every_public_name():
+    import torchkron
+    import torchkron.functional
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    for name in set(torchkron.__all__) - gen_api_docs.SKIP:
+        assert f"### `torchkron.{name}`" in text
+    for name in torchkron.functional.__all__:
+        assert f"### `torchkron.functional.{name}`" in text
+    assert "KronLinear(in_features, out_features, bias=True, *, shapes=None" in text
+
+
+def test_docstring_sections_become_markdown():
+    doc = """Do a thing with ``x``, see :func:`torchkron.kronify`.
+
+    Args:
+        x: the input,
+            continued.
+        y: another.
+
+    Examples:
+        >>> 1 + 1
+        2
+    """
+    assert gen_api_docs.render_docstring(doc) == [
+        "Do a thing with `x`, see `torchkron.kronify`.",
+        "",
+        "**Args**",
+        "",
+        "- `x`: the input,",
+        "  continued.",
+        "- `y`: another.",
+        "",
+        "**Examples**",
+        "",
+        "```pycon",
+        ">>> 1 + 1",
+        "2",
+        "```",
+    ]
+
+
+# api.md's python blocks are signatures, not statements.
+@pytest.mark.parametrize("page", [p for p in PAGES if p.name != "api.md"], ids=_rel)
+def test_python_code_in_the_pages_compiles(page):
+    for i, code in enumerate(re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)):
+        compile(code, f"{_rel(page)} block {i}", "exec")
+
+
+def _session(command: str, wall: float, **extra: object) -> dict[str, object]:
+    env = {"processor": "CPU X", "cpu_count": 2, "torch": "2.13.0+cpu"}
+    return {
+        "command": command,
+        "started_at": "2026-01-02T03:04:05+00:00",
+        "wall_seconds": wall,
+        "workers": 2,
+        "runs": 27,
+        "environment": env,
+        **extra,
+    }
+
+
+def test_reproduce_time_is_the_last_complete_session(tmp_path):
+    sessions = [
+        _session("torchkron reproduce", 481.0),
+        _session("torchkron reproduce --resume", 60.0),
+        _session("torchkron reproduce", 90.0, complete=False),
+    ]
+    (tmp_path / "sessions.json").write_text(json.dumps(sessions))
+    assert result_views.reproduce_time(tmp_path) == (
+        "`make reproduce` took **8 min 01 s** of wall time for 27 runs on a 2-core machine "
+        "(CPU X, 2 worker processes, torch 2.13.0+cpu), measured 2026-01-02 "
+        "(`results/mnist/sessions.json`).\n"
+    )
+    (tmp_path / "sessions.json").write_text(json.dumps(sessions[1:]))
+    assert result_views.reproduce_time(tmp_path).startswith("_No complete reproduce session")
+
+
+def test_format_duration():
+    assert result_views.format_duration(12.34) == "12.3 s"
+    assert result_views.format_duration(480.68) == "8 min 01 s"
+    assert result_views.format_duration(3725) == "1 h 02 min"
+
+
+def test_smoke_bench_runs_never_reach_the_headline(tmp_path):
+    src = ROOT / "benchmarks" / "results" / "bench-cpu.json"
+    shutil.copy(src, tmp_path / "bench-cpu.json")
+    shutil.copy(src, tmp_path / "bench-cpu-quick.json")
+    assert [p.name for p in bench_headline.result_files(tmp_path)] == ["bench-cpu.json"]
+    once = bench_headline.headline_text([tmp_path / "bench-cpu.json"])
+    both = bench_headline.headline_text(
+        [tmp_path / "bench-cpu-quick.json", tmp_path / "bench-cpu.json"]
+    )
+    assert both == once
+
+
+def test_speed_summary_rows_come_from_the_bench_file():
+    doc = json.loads((ROOT / "benchmarks" / "results" / "bench-cpu.json").read_text())
+    cell = {
+        r["contender"]: r
+        for r in doc["results"]
+        if (r["shape"], r["dtype"], r["mode"]) == ("4096-b1024", "float32", "train")
+    }
+    ratio = cell["dense"]["median_s"] / cell["KronLinear"]["median_s"]
+    text = bench_headline.speed_summary([ROOT / "benchmarks" / "results" / "bench-cpu.json"])
+    row = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("| 4096 -> 4096 as 64x64 (x) 64x64, batch")
+    )
+    assert f"| {ratio:.2f}x |" in row
+    assert bench_headline.speed_summary([ROOT / "nope.json"]) == "_No benchmark results found._\n"
