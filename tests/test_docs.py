@@ -270,7 +270,7 @@ def test_speed_summary_rows_come_from_the_bench_file():
     row = next(
         line
         for line in text.splitlines()
-        if line.startswith("| 4096 -> 4096 as 64x64 (x) 64x64, batch")
+        if line.startswith("| 4096 -> 4096, 64x64 (x) 64x64, batch")
     )
     assert f"| {ratio:.2f}x |" in row
     assert bench_headline.speed_summary([ROOT / "nope.json"]) == "_No benchmark results found._\n"

@@ -122,7 +122,7 @@ def _shape_label(shape: dict[str, Any]) -> str:
     factors = " (x) ".join(f"{o}x{i}" for o, i in shape["factors"])
     rank = f", rank {shape['rank']}" if shape.get("rank", 1) != 1 else ""
     size = f"{shape['in_features']} -> {shape['out_features']}"
-    return f"{size} as {factors}{rank}, batch {shape['batch']}"
+    return f"{size}, {factors}{rank}, batch {shape['batch']}"
 
 
 def speed_summary(paths: Sequence[Path]) -> str:
@@ -138,17 +138,20 @@ def speed_summary(paths: Sequence[Path]) -> str:
     shapes = {s["name"]: s for s in docs[0]["shapes"]}
     times = [_table(d) for d in docs]
     memory = _peak_memory(docs[0])
-    names = [d["environment"].get("device_name") for d in docs]
+    labels = ["CPU" if d["environment"].get("device") == "cpu" else "GPU" for d in docs]
     head = ["layer"]
-    for i, name in enumerate(names):
-        head += [f"{name}: nn.Linear", f"{name}: KronLinear", f"{name}: speed-up"]
+    for i, label in enumerate(labels):
+        head += [f"{label} nn.Linear", f"{label} KronLinear", f"{label} speed-up"]
         if i == 0:
-            head += [f"{name}: peak memory nn.Linear / KronLinear"]
+            head += [f"{label} peak memory (nn.Linear / KronLinear)"]
+    machines = "; ".join(
+        f"{label}: {d['environment'].get('device_name')}, {d['environment'].get('threads')} "
+        f"threads, torch {d['environment'].get('torch')}"
+        for label, d in zip(labels, docs, strict=True)
+    )
     lines = [
         "Training step (forward + backward into the input and every parameter), float32, "
-        "median of `torch.utils.benchmark` rounds. Machines: "
-        + "; ".join(_where(d) for d in docs)
-        + ".",
+        f"median of `torch.utils.benchmark` rounds. {machines}.",
         "",
         "| " + " | ".join(head) + " |",
         "|---|" + "---:|" * (len(head) - 1),
@@ -172,7 +175,21 @@ def speed_summary(paths: Sequence[Path]) -> str:
             if not s.get("dense", True)
         )
         + "). Speed-up > 1: KronLinear faster.",
+        "",
     ]
+    for label, t in zip(labels, times, strict=True):
+        cells = {n: t.get((n, "float32", "train"), {}) for n in shapes}
+        ran = [n for n, c in cells.items() if "dense" in c and "KronLinear" in c]
+        wins = [n for n in ran if cells[n]["dense"] > cells[n]["KronLinear"]]
+        which = (
+            ": " + "; ".join(_shape_label(shapes[n]) for n in wins)
+            if 0 < len(wins) < len(ran)
+            else ""
+        )
+        lines.append(
+            f"- {label}: KronLinear's training step is faster than nn.Linear at {len(wins)} of "
+            f"the {len(ran)} shapes both ran{which}."
+        )
     return "\n".join(lines) + "\n"
 
 
