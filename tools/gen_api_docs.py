@@ -194,8 +194,8 @@ def render_object(qualname: str, obj: Any, modules: list[ModuleType]) -> list[st
         for name, value in _members(obj):
             func = value.__func__ if isinstance(value, classmethod | staticmethod) else value
             # Its own docstring only: inherited ones (nn.Module.forward's) are torch's text.
-            doc = (func.fget if isinstance(func, property) else func).__doc__
-            if not doc:
+            own = (func.fget if isinstance(func, property) else func).__doc__
+            if not own:
                 continue
             kind = "property" if isinstance(func, property) else "method"
             head = (
@@ -207,7 +207,7 @@ def render_object(qualname: str, obj: Any, modules: list[ModuleType]) -> list[st
                 head += " (classmethod)"
             elif kind == "property":
                 head += " (property)"
-            lines += ["", f"#### {head}", "", *render_docstring(doc)]
+            lines += ["", f"#### {head}", "", *render_docstring(own)]
     lines.append("")
     return lines
 
