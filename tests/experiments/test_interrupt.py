@@ -80,7 +80,7 @@ def test_ctrl_c_stops_every_worker_and_keeps_runs_resumable(command, slow_synth,
         assert len(started) == 2, (started, proc.poll())
         os.killpg(proc.pid, signal.SIGINT)
         t0 = time.monotonic()
-        stdout, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
         stopped_after = time.monotonic() - t0
     finally:
         if proc.poll() is None:
@@ -115,11 +115,8 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train(synth: Path, out: Path, *extra: str) -> int:
-    return main(
-        ["train", "--variant", "dense-h1", "--data-dir", str(synth), "--out", str(out)]
-        + FAST
-        + list(extra)
-    )
+    argv = ["train", "--variant", "dense-h1", "--data-dir", str(synth), "--out", str(out)]
+    return main([*argv, *FAST, *extra])
 
 
 def test_second_session_on_the_same_folder_is_refused(synth, tmp_path, capsys):

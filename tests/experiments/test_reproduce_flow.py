@@ -38,12 +38,8 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 def test_reproduce_trains_into_untracked_folder_and_compares(synth, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     # A stand-in for the committed reference: an explicit --out results/mnist.
-    code = main(
-        ["reproduce", "--data-dir", str(synth), "--out", "results/mnist", "--lr", "0.5"]
-        + VARIANTS
-        + FAST
-        + ["--quiet", "--no-compare"]
-    )
+    argv = ["reproduce", "--data-dir", str(synth), "--out", "results/mnist", "--lr", "0.5"]
+    code = main([*argv, *VARIANTS, *FAST, "--quiet", "--no-compare"])
     assert code == 0
     reference = _snapshot(tmp_path / "results" / "mnist")
     capsys.readouterr()
@@ -137,7 +133,8 @@ def test_git_stamp_ignores_the_runs_own_output(tmp_path):
     _git(repo, "add", "-A")
     _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
     clean = git_sha(repo)
-    assert clean is not None and not clean.endswith("-dirty")
+    assert clean is not None
+    assert not clean.endswith("-dirty")
     (repo / "results/mnist/results.md").write_text("rewritten by the run\n")
     assert git_sha(repo) == clean  # results/ is the runs' own output
     (repo / "elsewhere/out/x.json").write_text("v2\n")
@@ -248,10 +245,8 @@ def test_progress_on_a_terminal_or_quiet(tmp_path):
 
 def test_piped_reproduce_prints_run_lines_to_stdout(synth, tmp_path, capsys):
     out_dir = tmp_path / "piped"
-    code = main(
-        ["reproduce", "--data-dir", str(synth), "--out", str(out_dir), "--no-compare", *VARIANTS]
-        + FAST
-    )
+    argv = ["reproduce", "--data-dir", str(synth), "--out", str(out_dir), "--no-compare"]
+    code = main([*argv, *VARIANTS, *FAST])
     assert code == 0
     out = capsys.readouterr().out
     run_lines = [line for line in out.splitlines() if line.startswith("run ")]
