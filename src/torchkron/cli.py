@@ -358,7 +358,11 @@ _SUBCOMMAND_MODULES = tuple(f"torchkron.experiments.{m}" for m in ("plan", "swee
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``torchkron`` console script."""
-    parser = _build_parser()
+    try:
+        parser = _build_parser()  # imports torch: seconds, long enough for a Ctrl-C
+    except KeyboardInterrupt:
+        print("\ntorchkron: interrupted while starting; nothing was done.", file=sys.stderr)
+        return 130
     words = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(words)
     args.command_line = shlex.join(["torchkron", *words])

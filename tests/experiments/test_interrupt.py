@@ -29,9 +29,12 @@ def slow_synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_mnist(tmp_path_factory.mktemp("slow"), n_train=3000, n_test=100)
 
 
+def _text(log: Path) -> str:
+    return log.read_text() if log.exists() else ""
+
+
 def _keys(log: Path) -> set[str]:
-    text = log.read_text() if log.exists() else ""
-    return set(re.findall(r"\] (\S+ seed \d+) epoch", text))
+    return set(re.findall(r"\] (\S+ seed \d+) epoch", _text(log)))
 
 
 COMMANDS = {
@@ -40,8 +43,11 @@ COMMANDS = {
 }
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_ctrl_c_stops_every_worker_and_keeps_runs_resumable(command, slow_synth, tmp_path):
+@pytest.mark.parametrize(
+    ("command", "when"),
+    [("reproduce", "training"), ("sweep", "training"), ("reproduce", "startup")],
+)
+def test_ctrl_c_stops_every_worker_and_keeps_runs_resumable(command, when, slow_synth, tmp_path):
     out = tmp_path / "out"
     argv = [
         sys.executable,
@@ -74,10 +80,17 @@ def test_ctrl_c_stops_every_worker_and_keeps_runs_resumable(command, slow_synth,
     log = out / f"{command}.log"
     try:
         deadline = time.monotonic() + 180
-        while len(_keys(log)) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        started = _keys(log)
-        assert len(started) == 2, (started, proc.poll())
+        if when == "training":
+            while len(_keys(log)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            started = _keys(log)
+            assert len(started) == 2, (started, proc.poll())
+        else:  # while the workers start (import torch, load the data)
+            while "\ndata: " not in _text(log) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
+            started = _keys(log)
+            assert started == set()
         os.killpg(proc.pid, signal.SIGINT)
         t0 = time.monotonic()
         _, stderr = proc.communicate(timeout=60)
@@ -93,7 +106,7 @@ def test_ctrl_c_stops_every_worker_and_keeps_runs_resumable(command, slow_synth,
     # No queued run started after the interrupt: only the two that were training.
     assert _keys(log) == started
     records = sorted((out / "runs").glob("*.json"))
-    assert 1 <= len(records) <= 2
+    assert len(records) <= len(started)
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # nothing half-written
     assert not (out / LOCK_FILE).exists()  # the lock was released
     for path in records:
@@ -179,3 +192,15 @@ def test_lock_is_held_during_the_session(synth, tmp_path, monkeypatch):
     assert owner["pid"] == os.getpid()
     assert owner["command"].startswith("torchkron train --variant dense-h1")
     assert not (out / LOCK_FILE).exists()
+
+
+def test_a_failed_run_in_a_worker_stops_the_session_with_its_message(synth, tmp_path, capsys):
+    argv = ["reproduce", "--variants", "original", "dense-h1", "--seeds", "2", "--jobs", "2"]
+    bad = tmp_path / "bad"
+    code = main([*argv, "--data-dir", str(synth), "--out", str(bad), "--lr", "1e30", *FAST])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(r"error: original seed \d: the loss became non-finite at epoch 1", err)
+    assert not [p for p in bad.rglob("*") if p.name.endswith(".tmp")]
+    assert not (bad / LOCK_FILE).exists()

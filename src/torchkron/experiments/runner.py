@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import signal
 import time
@@ -185,18 +186,31 @@ class Stopped(Exception):
     """A worker refused or abandoned a job because the session is stopping."""
 
 
-def _on_sigint(signum: int, frame: FrameType | None) -> None:
-    # Ctrl-C reaches the whole process group. A worker stops the run it trains (its
-    # checkpoint is the last finished epoch) and refuses every run still queued for it.
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    """A worker's SIGINT/SIGTERM: stop the run it trains, refuse every queued one.
+
+    Ctrl-C reaches the whole process group, and the main process sends SIGTERM to every
+    worker when it stops. A training worker stops its run once (its checkpoint is the last
+    finished epoch; atomic writes clean up after themselves); a second signal during that
+    clean-up is ignored so that it cannot leave a file half-written. A worker that is not
+    training has nothing to save: SIGTERM ends it at once.
+    """
     _WORKER["stop"] = True
-    if _WORKER.get("busy"):
+    phase = _WORKER.get("phase", "idle")
+    if phase == "busy":
+        _WORKER["phase"] = "stopping"
         raise KeyboardInterrupt
+    if phase == "idle" and signum == signal.SIGTERM:
+        os._exit(0)
 
 
 def _init_worker(events: Any, stop: Any, data_dir: Path | None, config: TrainConfig) -> None:
-    signal.signal(signal.SIGINT, _on_sigint)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     _WORKER["events"] = events
     _WORKER["stop_event"] = stop
+    if stop.is_set():
+        return  # stopping already: load nothing, every job is refused
     _WORKER["data"] = prepare_data(load_mnist(data_dir, download=False), config)
 
 
@@ -213,15 +227,15 @@ def _train_job(
 
 
 def _run_in_worker(job: Job, config: TrainConfig, out_dir: Path, command: str) -> RunRecord:
-    if _WORKER.get("stop") or _WORKER["stop_event"].is_set():
+    if _WORKER.get("stop") or _WORKER["stop_event"].is_set() or "data" not in _WORKER:
         raise Stopped(job.key)
     try:
-        _WORKER["busy"] = True
+        _WORKER["phase"] = "busy"
         return _train_job(job, config, _WORKER["data"], out_dir, command, _WORKER["events"].put)
     except KeyboardInterrupt:
         raise Stopped(job.key) from None
     finally:
-        _WORKER["busy"] = False
+        _WORKER["phase"] = "idle"
 
 
 def run_jobs(
@@ -264,7 +278,14 @@ def run_jobs(
     )
     futures: dict[Future[RunRecord], Job] = {}
     try:
-        futures = {pool.submit(_run_in_worker, j, config, out_dir, command): j for j in ordered}
+        # The workers start during submit; with SIGINT ignored meanwhile they inherit
+        # that, so a Ctrl-C while they import torch cannot kill one with a traceback (the
+        # initializer then installs their handler).
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            futures = {pool.submit(_run_in_worker, j, config, out_dir, command): j for j in ordered}
+        finally:
+            signal.signal(signal.SIGINT, previous)
         pending = set(futures)
         while pending:
             _drain(events, on_epoch)
@@ -290,17 +311,19 @@ def _stop_pool(pool: ProcessPoolExecutor, stop: Any, futures: dict[Future[RunRec
             fut.cancel()
         processes = list((pool._processes or {}).values())
         for proc in processes:
-            # Reaches workers also when only this process was interrupted (kill -INT pid).
+            # Training workers stop their run cleanly; the others (still importing torch or
+            # loading the data, or idle) end at once. Also when only this process got the
+            # interrupt (kill -INT pid) or a run failed.
             if proc.is_alive() and proc.pid is not None:
                 with contextlib.suppress(OSError):
-                    os.kill(proc.pid, signal.SIGINT)
+                    os.kill(proc.pid, signal.SIGTERM)
         pool.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         for proc in processes:
             proc.join(max(0.0, deadline - time.monotonic()))
         for proc in processes:
             if proc.is_alive():  # pragma: no cover - a worker stuck in native code
-                proc.terminate()
+                proc.kill()
                 proc.join(2.0)
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -310,7 +333,7 @@ def _drain(events: Any, on_epoch: Any) -> None:
     while True:
         try:
             ev: EpochEvent = events.get_nowait()
-        except (queue.Empty, OSError, ValueError):
-            return
+        except (queue.Empty, OSError, ValueError, EOFError, pickle.UnpicklingError):
+            return  # empty, or cut off by a worker that was stopped
         if on_epoch is not None:
             on_epoch(ev)
