@@ -194,6 +194,48 @@ def test_lock_is_held_during_the_session(synth, tmp_path, monkeypatch):
     assert not (out / LOCK_FILE).exists()
 
 
+def _workers(pid: int) -> list[int]:
+    """The pool's worker processes among ``pid``'s children (not the resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    found = []
+    for child in map(int, children):
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+        if b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
+            found.append(child)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc")
+def test_a_killed_worker_stops_the_session_with_a_message(slow_synth, tmp_path):
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "torchkron", *COMMANDS["reproduce"], "--data-dir"]
+    argv += [str(slow_synth), "--out", str(out), "--jobs", "2", "--epochs", "300", "--no-plots"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while len(_keys(out / "reproduce.log")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = _workers(proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)  # e.g. the kernel's out-of-memory killer
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 2
+    assert "Traceback" not in stderr
+    assert (
+        "torchkron reproduce: error: A worker process died unexpectedly (killed, or out of "
+        "memory?). Finished epochs are checkpointed: rerun the same command with --resume, "
+        "with fewer --jobs if memory is short." in stderr
+    )
+    assert not (out / LOCK_FILE).exists()
+
+
 def test_a_failed_run_in_a_worker_stops_the_session_with_its_message(synth, tmp_path, capsys):
     argv = ["reproduce", "--variants", "original", "dense-h1", "--seeds", "2", "--jobs", "2"]
     bad = tmp_path / "bad"

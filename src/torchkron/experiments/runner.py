@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -291,7 +292,16 @@ def run_jobs(
             _drain(events, on_epoch)
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             for fut in done:
-                records[futures[fut]] = fut.result()  # re-raises a worker's error
+                try:
+                    records[futures[fut]] = fut.result()  # re-raises a worker's error
+                except Stopped:  # a worker alone was interrupted: stop as for Ctrl-C
+                    raise KeyboardInterrupt from None
+                except BrokenProcessPool:
+                    raise UserError(
+                        "A worker process died unexpectedly (killed, or out of memory?). "
+                        "Finished epochs are checkpointed: rerun the same command with "
+                        "--resume, with fewer --jobs if memory is short."
+                    ) from None
         _drain(events, on_epoch)
     except BaseException:
         _stop_pool(pool, stop, futures)
