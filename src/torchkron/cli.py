@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import shlex
 import sys
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["finite_float", "main"]
 
 
 def _positive_int(text: str) -> int:
@@ -34,11 +35,19 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def finite_float(text: str) -> float:
+    """A finite number (``inf`` and ``nan`` are rejected: they would train to NaN)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
@@ -92,7 +101,9 @@ def add_recipe_arguments(
         help="evaluation batch (default %(default)s)",
     )
     g.add_argument("--lr", type=_positive_float, default=lr, help=lr_help)
-    g.add_argument("--rho", type=float, default=0.9, help="Adadelta rho (default %(default)s)")
+    g.add_argument(
+        "--rho", type=finite_float, default=0.9, help="Adadelta rho (default %(default)s)"
+    )
     g.add_argument(
         "--eps", type=_positive_float, default=1e-6, help="Adadelta eps (default %(default)s)"
     )
@@ -101,7 +112,7 @@ def add_recipe_arguments(
     )
     g.add_argument(
         "--mean",
-        type=float,
+        type=finite_float,
         default=0.1307,
         help="pixel mean for normalisation (default %(default)s)",
     )
@@ -140,10 +151,13 @@ def add_jobs_argument(p: argparse.ArgumentParser, runs: str = "runs") -> None:
     )
 
 
-def add_run_arguments(p: argparse.ArgumentParser, out: str) -> None:
+def add_run_arguments(p: argparse.ArgumentParser, out: str, out_help: str = "") -> None:
     add_data_arguments(p)
     p.add_argument(
-        "--out", type=Path, default=Path(out), help="output folder (default %(default)s)"
+        "--out",
+        type=Path,
+        default=Path(out),
+        help=out_help or "output folder (default %(default)s)",
     )
     p.add_argument(
         "--resume",
@@ -191,15 +205,25 @@ def run_options(args: argparse.Namespace) -> Any:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from torchkron.experiments.compare import default_reference
     from torchkron.experiments.reproduce import reproduce
 
-    results = reproduce(
+    reference = None if args.no_compare else (args.reference or default_reference())
+    done = reproduce(
         variants=args.variants,
         seeds=args.seeds,
         config=config_from(args),
         options=run_options(args),
+        reference=reference,
     )
-    print(f"results: {results}")
+    print(done.report)
+    if done.comparison_text is not None:
+        print()
+        print(done.comparison_text, end="")
+        print(f"comparison: {done.comparison}")
+    elif not args.no_compare:
+        print("no committed reference found to compare with (pass --reference DIR)")
+    print(f"results: {done.results}")
     return 0
 
 
@@ -276,7 +300,23 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     add_jobs_argument(p)
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    add_run_arguments(p, "results/mnist")
+    p.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="results folder to compare with at the end (default: the committed "
+        "results/mnist of this checkout)",
+    )
+    p.add_argument(
+        "--no-compare", action="store_true", help="skip the comparison with the reference"
+    )
+    add_run_arguments(
+        p,
+        "runs/mnist",
+        "output folder (default %(default)s, untracked; the committed reference "
+        "results/mnist is rewritten only when named here explicitly)",
+    )
     add_recipe_arguments(p)
     p.set_defaults(func=_cmd_reproduce)
 
@@ -289,7 +329,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--variant", required=True, metavar="ID", help="variant id, e.g. one-kron-mat or dense-h10"
     )
     p.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default %(default)s)")
-    add_run_arguments(p, "results/mnist")
+    add_run_arguments(p, "runs/mnist")
     add_recipe_arguments(p)
     p.set_defaults(func=_cmd_train)
 
@@ -318,7 +358,11 @@ _SUBCOMMAND_MODULES = tuple(f"torchkron.experiments.{m}" for m in ("plan", "swee
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``torchkron`` console script."""
-    parser = _build_parser()
+    try:
+        parser = _build_parser()  # imports torch: seconds, long enough for a Ctrl-C
+    except KeyboardInterrupt:
+        print("\ntorchkron: interrupted while starting; nothing was done.", file=sys.stderr)
+        return 130
     words = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(words)
     args.command_line = shlex.join(["torchkron", *words])
@@ -340,9 +384,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except BrokenPipeError:  # e.g. piped into head
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):  # e.g. piped into head
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        # A file-system failure not caught closer to its cause: still a message, not a
+        # traceback, with the path and the cause.
+        where = f" {exc.filename}" if exc.filename else ""
+        print(
+            f"torchkron {args.command}: error: could not access{where}: "
+            f"{exc.strerror or exc}. Check the path and the free disk space.",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

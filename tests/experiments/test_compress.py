@@ -100,7 +100,7 @@ def test_load_source_errors(tmp_path):
         load_source(missing)
     assert str(exc.value) == (
         f"No model checkpoint at {missing}. Train the dense model first with `torchkron "
-        "reproduce --variants original` (it saves results/mnist/models/original--seed0.pt), "
+        "reproduce --variants original` (it saves runs/mnist/models/original--seed0.pt), "
         "or pass --checkpoint with a dense model's .pt file."
     )
     corrupt = tmp_path / "corrupt.pt"
@@ -120,7 +120,7 @@ def test_load_source_errors(tmp_path):
     assert str(exc.value) == (
         f"{kron} holds 'two-kron-mat', whose hidden layer is already Kronecker; compress "
         "converts dense models: pass a dense run's checkpoint such as "
-        "results/mnist/models/original--seed0.pt."
+        "runs/mnist/models/original--seed0.pt."
     )
     wrong = _save(
         tmp_path / "wrong.pt",

@@ -61,7 +61,7 @@ __all__ = [
     "run_compress",
 ]
 
-DEFAULT_CHECKPOINT = Path("results/mnist/models/original--seed0.pt")
+DEFAULT_CHECKPOINT = Path("runs/mnist/models/original--seed0.pt")
 DEFAULT_RANKS = tuple(range(1, 17))
 LAYERS = ("hidden", "output")
 FINETUNE_EPOCHS = 5
@@ -127,7 +127,7 @@ def load_source(path: Path) -> Source:
     if not path.is_file():
         raise UserError(
             f"No model checkpoint at {path}. Train the dense model first with `torchkron "
-            "reproduce --variants original` (it saves results/mnist/models/"
+            "reproduce --variants original` (it saves runs/mnist/models/"
             "original--seed0.pt), or pass --checkpoint with a dense model's .pt file."
         )
     data = path.read_bytes()
@@ -153,7 +153,7 @@ def load_source(path: Path) -> Source:
         raise UserError(
             f"{path} holds {spec.name!r}, whose {' and '.join(kron)} layer is already "
             "Kronecker; compress converts dense models: pass a dense run's checkpoint such "
-            "as results/mnist/models/original--seed0.pt."
+            "as runs/mnist/models/original--seed0.pt."
         )
     model = build_mlp(spec)
     try:
@@ -372,63 +372,63 @@ def run_compress(
     out_dir, command = options.out_dir, options.command
     for job in finetune_jobs + scratch_jobs:
         _check_matches(RunPaths.under(out_dir, job.spec.name, job.seed).record, job.spec, source)
-    progress, mnist = open_session(finetune_jobs + scratch_jobs, options, LOG_FILE)
-    if scratch_config is not None:
-        reused = _reuse_scratch(scratch, scratch_seeds, scratch_config, out_dir, reuse_from)
-        if reused:
-            progress.message(f"reused {len(reused)} finished run(s) from {reuse_from}")
-    track(progress, finetune_jobs, out_dir, config.epochs)
-    if scratch_config is not None:
-        track(progress, scratch_jobs, out_dir, scratch_config.epochs)
-    data = prepare_data(mnist, config)
-    start = time.perf_counter()
-    dense.eval()
-    dense_eval = evaluate(dense, data.test_x, data.test_y, config.test_batch_size)
-    progress.message(
-        f"source {source.path}: {source.spec.name}, {source.spec.weights():,} weights, test "
-        f"accuracy {dense_eval[1]:.2f}%"
-    )
-    for job in finetune_jobs:
-        rank = int(job.spec.extra["compress"]["rank"])
-        model, report = conversions[rank]
-        model.eval()
-        # The metric of the training history (trainer.evaluate), so (a) and (b) compare.
-        converted_eval = evaluate(model, data.test_x, data.test_y, config.test_batch_size)
-        info = _conversion_info(report, dense_eval, converted_eval)
-        spec = spec_for(rank, "finetune", info)
-        errors = ", ".join(f"{k} {v:.4f}" for k, v in info["approximation_error"].items())
+    with open_session(finetune_jobs + scratch_jobs, options, LOG_FILE) as (progress, mnist):
+        if scratch_config is not None:
+            reused = _reuse_scratch(scratch, scratch_seeds, scratch_config, out_dir, reuse_from)
+            if reused:
+                progress.message(f"reused {len(reused)} finished run(s) from {reuse_from}")
+        track(progress, finetune_jobs, out_dir, config.epochs)
+        if scratch_config is not None:
+            track(progress, scratch_jobs, out_dir, scratch_config.epochs)
+        data = prepare_data(mnist, config)
+        start = time.perf_counter()
+        dense.eval()
+        dense_eval = evaluate(dense, data.test_x, data.test_y, config.test_batch_size)
         progress.message(
-            f"rank {rank}: {spec.weights():,} weights, approximation error {errors}; "
-            f"test accuracy after conversion {converted_eval[1]:.2f}%"
+            f"source {source.path}: {source.spec.name}, {source.spec.weights():,} weights, test "
+            f"accuracy {dense_eval[1]:.2f}%"
         )
-        state = model.state_dict()
-        train_run(
-            spec,
-            job.seed,
-            config,
-            data,
-            RunPaths.under(out_dir, spec.name, job.seed),
-            command=command,
-            on_epoch=progress.epoch,
-            model_hook=_loader(state),
+        for job in finetune_jobs:
+            rank = int(job.spec.extra["compress"]["rank"])
+            model, report = conversions[rank]
+            model.eval()
+            # The metric of the training history (trainer.evaluate), so (a) and (b) compare.
+            converted_eval = evaluate(model, data.test_x, data.test_y, config.test_batch_size)
+            info = _conversion_info(report, dense_eval, converted_eval)
+            spec = spec_for(rank, "finetune", info)
+            errors = ", ".join(f"{k} {v:.4f}" for k, v in info["approximation_error"].items())
+            progress.message(
+                f"rank {rank}: {spec.weights():,} weights, approximation error {errors}; "
+                f"test accuracy after conversion {converted_eval[1]:.2f}%"
+            )
+            state = model.state_dict()
+            train_run(
+                spec,
+                job.seed,
+                config,
+                data,
+                RunPaths.under(out_dir, spec.name, job.seed),
+                command=command,
+                on_epoch=progress.epoch,
+                model_hook=_loader(state),
+            )
+        if scratch_config is not None and scratch_jobs:
+            # The fine-tune's prepared tensors serve the scratch arm too (same data config).
+            same_data = scratch_config.train_limit == config.train_limit
+            run_jobs(
+                scratch_jobs,
+                scratch_config,
+                options,
+                mnist,
+                progress=progress,
+                data=data if same_data and scratch_config.test_limit == config.test_limit else None,
+            )
+        progress.message(
+            f"all runs done in {format_duration(time.perf_counter() - start)}; writing the report"
         )
-    if scratch_config is not None and scratch_jobs:
-        # The fine-tune's prepared tensors serve the scratch arm too (same data config).
-        same_data = scratch_config.train_limit == config.train_limit
-        run_jobs(
-            scratch_jobs,
-            scratch_config,
-            options,
-            mnist,
-            progress=progress,
-            data=data if same_data and scratch_config.test_limit == config.test_limit else None,
-        )
-    progress.message(
-        f"all runs done in {format_duration(time.perf_counter() - start)}; writing the report"
-    )
-    paths = write_compress_report(out_dir, plots=options.plots)
-    progress.message(compress_text(paths.summary_data))
-    return paths.markdown
+        paths = write_compress_report(out_dir, plots=options.plots)
+        progress.message(compress_text(paths.summary_data))
+        return paths.markdown
 
 
 # --- command line ------------------------------------------------------------------------
@@ -547,7 +547,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="train nothing: rewrite compress.json, compress.md and compress.png from OUT/runs",
     )
-    add_run_arguments(p, "results/compress")
+    add_run_arguments(p, "runs/compress")
     add_recipe_arguments(
         p,
         epochs=FINETUNE_EPOCHS,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -43,6 +44,12 @@ class TrainConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("float", float) and not math.isfinite(value):
+                raise UserError(
+                    f"--{f.name.replace('_', '-')} must be a finite number, got {value}."
+                )
         positive = {
             "epochs": self.epochs,
             "batch_size": self.batch_size,

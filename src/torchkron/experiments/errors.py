@@ -12,3 +12,7 @@ class UserError(Exception):
 
 class DataError(UserError):
     """A dataset file is missing, truncated, corrupt or of the wrong shape."""
+
+
+class OutputError(UserError):
+    """An output file or folder cannot be written (read-only or full disk, a file in the way)."""

@@ -131,8 +131,20 @@ def _read_stream(
     # Python ints: the product of four uint32 dims can overflow numpy's int64.
     expected = math.prod(shape)
 
-    data = np.empty(expected, dtype=np.uint8)
-    got = _read_into(stream, data.data)
+    # Check the declared size against the real one before allocating: a damaged header
+    # can declare terabytes. A plain file's size is known; a gzip stream's is not, so it
+    # is read in bounded chunks that grow only as data actually arrives.
+    available = _remaining_plain(stream)
+    if available is not None and available < expected:
+        raise DataError(
+            f"IDX file {path} is truncated: its header declares shape {shape}, i.e. "
+            f"{expected} bytes of data, but only {available} bytes are present. {fix}"
+        )
+    if available is not None:
+        data = np.empty(expected, dtype=np.uint8)
+        got = _read_into(stream, data.data)
+    else:
+        data, got = _read_growing(stream, expected)
     if got < expected:
         raise DataError(
             f"IDX file {path} is truncated: its header declares shape {shape}, i.e. "
@@ -158,6 +170,28 @@ def _read_exactly(stream: io.BufferedIOBase, n: int) -> bytes:
         parts.append(part)
         remaining -= len(part)
     return b"".join(parts)
+
+
+def _remaining_plain(stream: io.BufferedIOBase) -> int | None:
+    """Bytes left in a plain (uncompressed) file stream; None for a gzip stream."""
+    if isinstance(stream, gzip.GzipFile):
+        return None
+    try:
+        return os.fstat(stream.fileno()).st_size - stream.tell()
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        return None
+
+
+def _read_growing(stream: io.BufferedIOBase, expected: int) -> tuple[npt.NDArray[np.uint8], int]:
+    """Read up to ``expected`` bytes in chunks; memory grows with the data actually read."""
+    buf = bytearray()
+    while len(buf) < expected:
+        part = stream.read(min(_CHUNK, expected - len(buf)))
+        if not part:
+            break
+        buf += part
+    # frombuffer over a bytearray: a writable array without another copy.
+    return np.frombuffer(buf, dtype=np.uint8), len(buf)
 
 
 def _read_into(stream: io.BufferedIOBase, buf: memoryview) -> int:

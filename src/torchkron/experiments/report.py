@@ -6,8 +6,9 @@ into ``DIR``. Nothing here trains or reads anything but the run files.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,14 @@ from torchkron.experiments.runs import load_complete_runs
 from torchkron.experiments.summary import save_summary, summarize
 from torchkron.experiments.tables import format_duration, verdict, write_results_md
 
-__all__ = ["ReportPaths", "SummaryFiles", "report_text", "write_report"]
+__all__ = [
+    "ReportPaths",
+    "SummaryFiles",
+    "load_sessions",
+    "report_text",
+    "reproduction_session",
+    "write_report",
+]
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,10 @@ class SummaryFiles:
 
 def write_report(out_dir: Path, *, plots: bool = True) -> ReportPaths:
     """Summarise the complete runs in ``out_dir/runs`` into ``out_dir``; return the paths."""
-    summary = summarize(load_complete_runs(out_dir, "reproduce"))
+    records = load_complete_runs(out_dir, "reproduce")
+    summary = summarize(records)
     summary["sessions"] = load_sessions(out_dir)
+    summary["reproduction_session"] = reproduction_session(summary["sessions"], records)
     summary_path = save_summary(out_dir, summary)
     results_path = write_results_md(out_dir, summary)
     plot_paths: tuple[Path, ...] = ()
@@ -70,6 +80,34 @@ def load_sessions(out_dir: Path) -> list[dict[str, Any]]:
             f"{path} is not valid JSON ({exc}); delete it (it only holds timings)."
         ) from None
     return [dict(s) for s in sessions] if isinstance(sessions, list) else []
+
+
+def _time(text: Any) -> _dt.datetime | None:
+    try:
+        return _dt.datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+
+
+def reproduction_session(
+    sessions: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]
+) -> int | None:
+    """The index of the last session that trained every run from start to end, or None.
+
+    Such a session's wall time is that of one complete reproduction on one machine: every
+    run started and finished within it. A run resumed from an earlier session started
+    before it, so sessions that only finished part of the work do not count.
+    """
+    spans = [(_time(r.get("started_at")), _time(r.get("finished_at"))) for r in records]
+    if not records or any(a is None or b is None for a, b in spans):
+        return None
+    for i in range(len(sessions) - 1, -1, -1):
+        start, end = _time(sessions[i].get("started_at")), _time(sessions[i].get("finished_at"))
+        if start is None or end is None or "wall_seconds" not in sessions[i]:
+            continue
+        if all(start <= a and b <= end for a, b in spans if a is not None and b is not None):
+            return i
+    return None
 
 
 def _row(cells: list[str], widths: list[int]) -> str:

@@ -35,18 +35,21 @@ Everything that reads results (summary, tables, plots) reads these files only.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
+import math
 import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from torchkron.experiments.errors import UserError
+from torchkron.experiments.errors import OutputError, UserError
 
 __all__ = [
+    "RESULT_DIRS",
     "RUNS_DIR",
     "SCHEMA",
     "atomic_write_bytes",
@@ -54,13 +57,17 @@ __all__ = [
     "atomic_write_text",
     "cpu_name",
     "cpuinfo_field",
+    "dumps_json",
     "environment",
     "git_sha",
+    "json_safe",
     "load_complete_runs",
     "load_run",
     "load_runs",
     "now_iso",
+    "record_problem",
     "run_filename",
+    "write_error",
 ]
 
 SCHEMA = 1
@@ -74,18 +81,49 @@ def run_filename(variant: str, seed: int) -> str:
     return f"{variant}--seed{seed}.json"
 
 
+def write_error(path: Path, exc: OSError) -> OutputError:
+    """The OutputError for an OSError met while writing ``path``: path, cause and fix."""
+    cause = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+        fix = (
+            "Free some disk space (or pass --out to a folder on a disk with room), then rerun "
+            "the same command with --resume: finished epochs are kept."
+        )
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "Pass --out to a folder you can write to."
+    elif exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        fix = (
+            "A file stands where a folder is needed (or the reverse); move it away or pass "
+            "--out to another folder."
+        )
+    else:
+        fix = "Check the folder, or pass --out to another one."
+    where = exc.filename if exc.filename and Path(str(exc.filename)) != path else None
+    return OutputError(f"Could not write {path}{f' ({where})' if where else ''}: {cause}. {fix}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``data`` to ``path`` so that readers see the old file or the new, never half.
+
+    Raises:
+        OutputError: the file cannot be written (read-only or full disk, a file where a
+            folder should be); nothing half-written is left behind.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
         raise
 
 
@@ -93,39 +131,87 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN/Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps_json(obj: Any, *, indent: int | None = None) -> str:
+    """Strict JSON text of ``obj``: non-finite floats become ``null``, never bare ``NaN``."""
+    return json.dumps(json_safe(obj), indent=indent, sort_keys=False, allow_nan=False)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, dumps_json(obj, indent=2) + "\n")
 
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def git_sha(cwd: Path | None = None) -> str | None:
+#: Folders (relative to the checkout) of result files the commands themselves write: their
+#: changes never make the git stamp ``-dirty``, or rewriting results would mark itself.
+RESULT_DIRS = ("results", "runs", "benchmarks/results")
+
+
+def _git(args: list[str], where: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=where, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def _changed_paths(porcelain: str) -> list[str]:
+    """Paths of ``git status --porcelain -z`` output (a rename lists both names)."""
+    fields = porcelain.split("\0")
+    paths: list[str] = []
+    i = 0
+    while i < len(fields):
+        entry = fields[i]
+        i += 1
+        if len(entry) < 4:
+            continue
+        paths.append(entry[3:])
+        if entry[0] in "RC" and i < len(fields):  # the original name follows
+            paths.append(fields[i])
+            i += 1
+    return paths
+
+
+def git_sha(cwd: Path | None = None, *, ignore: Sequence[Path] = ()) -> str | None:
     """The checkout's commit, with ``-dirty`` when it has local changes; None outside git.
 
     By default the checkout this module lives in (an editable install), whatever the
-    current directory.
+    current directory. Changes under :data:`RESULT_DIRS` and under the ``ignore`` folders
+    (a run's own output folder) do not count: a run that rewrites its result files does
+    not stamp itself dirty.
     """
     try:
         where = str(cwd or Path(__file__).resolve().parent)
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=where,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
+        sha = _git(["rev-parse", "HEAD"], where).strip()
+        top = Path(_git(["rev-parse", "--show-toplevel"], where).strip())
+        status = _git(["status", "--porcelain", "-z", "--untracked-files=no"], where)
     except (OSError, subprocess.CalledProcessError):
         return None
+    skip = [Path(d) for d in RESULT_DIRS]
+    for folder in ignore:
+        if Path(folder).resolve().is_relative_to(top.resolve()):  # else: nothing tracked there
+            skip.append(Path(folder).resolve().relative_to(top.resolve()))
+    dirty = [p for p in _changed_paths(status) if not any(Path(p).is_relative_to(d) for d in skip)]
+    return sha + ("-dirty" if dirty else "")
 
 
-def environment() -> dict[str, Any]:
-    """Versions and machine facts recorded with every result."""
+def environment(output: Path | None = None) -> dict[str, Any]:
+    """Versions and machine facts recorded with every result.
+
+    ``output`` is the folder the result goes to; its changes do not make the git stamp
+    dirty.
+    """
     import numpy
     import torch
 
@@ -138,7 +224,7 @@ def environment() -> dict[str, Any]:
         "processor": cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
-        "git_sha": git_sha(),
+        "git_sha": git_sha(ignore=() if output is None else (output,)),
     }
 
 
@@ -168,8 +254,13 @@ def load_run(path: Path) -> RunRecord:
             f"Run file {path} is not valid JSON ({exc}); delete it and rerun that run "
             "(reproduce/sweep with --resume redo only missing runs)."
         ) from None
+    if not isinstance(record, dict):
+        raise UserError(
+            f"Run file {path} is not a torchkron run record (it holds a JSON "
+            f"{type(record).__name__}, not an object); remove it from the runs folder."
+        )
     missing = {"schema", "variant", "seed", "config", "history"} - set(record)
-    if not isinstance(record, dict) or missing:
+    if missing:
         raise UserError(
             f"Run file {path} is not a torchkron run record (missing {sorted(missing)}); "
             "remove it from the runs folder."
@@ -179,7 +270,43 @@ def load_run(path: Path) -> RunRecord:
             f"Run file {path} has schema {record['schema']}, this torchkron reads schema "
             f"{SCHEMA}; rerun it with this version."
         )
+    problem = record_problem(record)
+    if problem:
+        raise UserError(
+            f"Run file {path} is damaged ({problem}); delete it and rerun that run "
+            "(reproduce/sweep with --resume redo only missing runs)."
+        )
     return dict(record)
+
+
+_HISTORY_KEYS = ("epoch", "train_loss", "test_loss", "test_accuracy", "seconds")
+
+
+def record_problem(record: Any) -> str | None:
+    """What is wrong with the structure of a run record, or None when it is sound."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__} instead of an object"
+    if not isinstance(record.get("variant"), str):
+        return "'variant' is not a string"
+    if not isinstance(record.get("seed"), int) or isinstance(record.get("seed"), bool):
+        return "'seed' is not a whole number"
+    if not isinstance(record.get("config"), dict):
+        return "'config' is not an object"
+    history = record.get("history")
+    if not isinstance(history, dict):
+        return "'history' is not an object"
+    lengths = set()
+    for key in _HISTORY_KEYS:
+        values = history.get(key)
+        if not isinstance(values, list):
+            return f"history '{key}' is not a list"
+        # null stands for a non-finite number that JSON cannot hold.
+        if not all(v is None or isinstance(v, (int, float)) for v in values):
+            return f"history '{key}' holds something other than numbers"
+        lengths.add(len(values))
+    if len(lengths) > 1:
+        return "the history lists have different lengths"
+    return None
 
 
 def iter_run_files(runs_dir: Path) -> Iterator[Path]:

@@ -244,21 +244,21 @@ def run_sweep(
     from torchkron.experiments.runner import Job, open_session, run_jobs, track
 
     jobs = [Job(spec, seed) for spec in specs for seed in range(seeds)]
-    progress, mnist = open_session(jobs, options, LOG_FILE)
-    done = track(progress, jobs, options.out_dir, config.epochs)
-    progress.message(
-        f"data: {mnist.source}; {len(specs)} configs x {seeds} seed(s) x {config.epochs} "
-        f"epochs = {len(jobs) * config.epochs} epochs, {done} already done; "
-        f"{options.workers} worker(s)"
-    )
-    start = time.perf_counter()
-    run_jobs(jobs, config, options, mnist, progress=progress)
-    progress.message(
-        f"all runs done in {format_duration(time.perf_counter() - start)}; writing the frontier"
-    )
-    paths = write_frontier(options.out_dir, plots=options.plots)
-    progress.message(frontier_text(paths.summary_data))
-    return paths.markdown
+    with open_session(jobs, options, LOG_FILE) as (progress, mnist):
+        done = track(progress, jobs, options.out_dir, config.epochs)
+        progress.message(
+            f"data: {mnist.source}; {len(specs)} configs x {seeds} seed(s) x {config.epochs} "
+            f"epochs = {len(jobs) * config.epochs} epochs, {done} already done; "
+            f"{options.workers} worker(s)"
+        )
+        start = time.perf_counter()
+        run_jobs(jobs, config, options, mnist, progress=progress)
+        progress.message(
+            f"all runs done in {format_duration(time.perf_counter() - start)}; writing the frontier"
+        )
+        paths = write_frontier(options.out_dir, plots=options.plots)
+        progress.message(frontier_text(paths.summary_data))
+        return paths.markdown
 
 
 def _grid_from(args: argparse.Namespace) -> Grid:
@@ -360,6 +360,6 @@ def register(subparsers: Any) -> None:
         help="train nothing: rewrite summary.json, frontier.md and frontier.png from "
         "OUT/runs alone",
     )
-    add_run_arguments(p, "results/sweep")
+    add_run_arguments(p, "runs/sweep")
     add_recipe_arguments(p)
     p.set_defaults(func=_cmd_sweep)

@@ -135,25 +135,39 @@ def _warnings(summary: Summary) -> list[str]:
     return ["## Warnings", "", *[f"- {w}" for w in summary["warnings"]], ""]
 
 
+def _where(session: Mapping[str, Any]) -> str:
+    env = session.get("environment", {})
+    cpu, cores, torch_version = (env.get(k, "?") for k in ("processor", "cpu_count", "torch"))
+    return (
+        f"{session.get('runs', '?')} runs, {session.get('workers', '?')} worker process(es); "
+        f"{cpu}, {cores} CPUs, torch {torch_version}"
+    )
+
+
 def _sessions(summary: Summary) -> list[str]:
-    """Wall time of the reproduce sessions that produced these runs (sessions.json)."""
+    """Wall time of one complete reproduction: a single session (one machine, one folder)
+    that trained every run from start to end; never a sum over sessions."""
     sessions = summary.get("sessions") or []
     if not sessions:
         return []
+    index = summary.get("reproduction_session")
+    if isinstance(index, int) and 0 <= index < len(sessions):
+        s = sessions[index]
+        return [
+            "",
+            f"Wall time of one complete reproduction: "
+            f"{format_duration(float(s['wall_seconds']))} in one session on one machine "
+            f"({_where(s)}), command `{s['command']}`.",
+        ]
     last = sessions[-1]
-    env = last.get("environment", {})
-    cpu, cores, torch_version = (env.get(k, "?") for k in ("processor", "cpu_count", "torch"))
-    where = f"{cpu}, {cores} CPUs, torch {torch_version}"
-    lines = [
+    return [
         "",
-        f"Wall time of the last session: {format_duration(float(last['wall_seconds']))} "
-        f"({last['runs']} runs, {last['workers']} worker process(es); {where}), "
-        f"command `{last['command']}`.",
+        f"No single session trained every run here from start to end (the runs come from "
+        f"{len(sessions)} recorded session(s) or were resumed), so the wall time of a complete "
+        f"reproduction is not known from these files. The last session took "
+        f"{format_duration(float(last['wall_seconds']))} ({_where(last)}), command "
+        f"`{last['command']}`.",
     ]
-    if len(sessions) > 1:
-        total = sum(float(s["wall_seconds"]) for s in sessions)
-        lines.append(f"All {len(sessions)} sessions together: {format_duration(total)}.")
-    return lines
 
 
 def results_markdown(summary: Summary) -> str:

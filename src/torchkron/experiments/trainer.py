@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pickle
 import time
 from collections.abc import Callable
@@ -29,9 +30,11 @@ from torchkron.experiments.runs import (
     RunRecord,
     atomic_write_bytes,
     atomic_write_json,
+    dumps_json,
     environment,
     load_run,
     now_iso,
+    record_problem,
     run_filename,
 )
 from torchkron.experiments.variants import MLPSpec, build_mlp
@@ -152,7 +155,7 @@ def _train_epoch(
 
 
 def _new_record(
-    spec: MLPSpec, seed: int, config: TrainConfig, model: nn.Module, command: str
+    spec: MLPSpec, seed: int, config: TrainConfig, model: nn.Module, command: str, out_dir: Path
 ) -> RunRecord:
     return {
         "schema": SCHEMA,
@@ -170,7 +173,7 @@ def _new_record(
         },
         "complete": False,
         "command": command,
-        "environment": environment(),
+        "environment": environment(out_dir),
         "started_at": now_iso(),
         "finished_at": None,
         "extra": dict(spec.extra),
@@ -224,12 +227,14 @@ def train_run(
     optimizer = FlatAdadelta(model.parameters(), lr=config.lr, rho=config.rho, eps=config.eps)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.gamma)
     generator = torch.Generator().manual_seed(seed + _SHUFFLE_SEED_OFFSET)
-    record = _new_record(spec, seed, config, model, command)
+    record = _new_record(spec, seed, config, model, command, paths.record.parent.parent)
     start = 0
     if resume and paths.checkpoint.exists():
         start, record = _restore(paths.checkpoint, model, optimizer, scheduler, generator)
         _check_same(record, config, paths.checkpoint)
+        _check_epoch(start, record, config, paths.checkpoint)
         record["command"] = command
+        record.pop("failed", None)
     hist = record["history"]
     for epoch in range(start + 1, config.epochs + 1):
         t0 = time.perf_counter()
@@ -238,6 +243,8 @@ def train_run(
         model.eval()
         test_loss, accuracy = evaluate(model, data.test_x, data.test_y, config.test_batch_size)
         seconds = time.perf_counter() - t0
+        if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
+            _diverged(record, paths, epoch, train_loss, test_loss, config)
         for key, value in zip(
             ("epoch", "train_loss", "test_loss", "test_accuracy", "seconds"),
             (epoch, train_loss, test_loss, accuracy, seconds),
@@ -253,7 +260,7 @@ def train_run(
             paths.checkpoint,
             {
                 "epoch": epoch,
-                "record": json.dumps(record),
+                "record": dumps_json(record),
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
@@ -278,6 +285,55 @@ def train_run(
     return record
 
 
+def _diverged(
+    record: RunRecord,
+    paths: RunPaths,
+    epoch: int,
+    train_loss: float,
+    test_loss: float,
+    config: TrainConfig,
+) -> None:
+    """Stop a run whose loss is no longer finite; record why in its run file."""
+    message = (
+        f"{record['variant']} seed {record['seed']}: the loss became non-finite at epoch "
+        f"{epoch} (train loss {train_loss}, test loss {test_loss}) with --lr {config.lr}; the "
+        "run was stopped. Lower --lr (or check --mean/--std and the data); delete the run "
+        "files (runs/, checkpoints/) of that run before training it again with new settings."
+    )
+    record["failed"] = {"epoch": epoch, "reason": message, "at": now_iso()}
+    record["complete"] = False
+    atomic_write_json(paths.record, record)  # the history keeps the last finite epoch
+    raise UserError(f"{message} Recorded in {paths.record}.")
+
+
+_CHECKPOINT_TYPES: dict[str, type | tuple[type, ...]] = {
+    "epoch": int,
+    "record": str,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "generator": Tensor,
+}
+
+
+def _checkpoint_problem(state: Any) -> str | None:
+    """What is wrong with the structure of a loaded checkpoint, or None."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not the trainer's dict"
+    missing = [k for k in _CHECKPOINT_TYPES if k not in state]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for key, kind in _CHECKPOINT_TYPES.items():
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            return f"'{key}' is a {type(state[key]).__name__}"
+    try:
+        record = json.loads(state["record"])
+    except ValueError:
+        return "its embedded run record is not valid JSON"
+    problem = record_problem(record)
+    return None if problem is None else f"its embedded run record: {problem}"
+
+
 def _restore(
     path: Path,
     model: nn.Module,
@@ -285,25 +341,57 @@ def _restore(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     generator: torch.Generator,
 ) -> tuple[int, RunRecord]:
+    fix = "delete it to restart that run from scratch."
     try:
         state = torch.load(path, weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise UserError(
+            f"Checkpoint {path} cannot be loaded (truncated, corrupt or not a torchkron "
+            f"checkpoint: {type(exc).__name__}: {_first_line(exc)}); {fix}"
+        ) from None
+    problem = _checkpoint_problem(state)
+    if problem:
+        raise UserError(
+            f"Checkpoint {path} is not a torchkron training checkpoint ({problem}); {fix}"
+        )
+    try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
-        return int(state["epoch"]), dict(json.loads(state["record"]))
-    except (OSError, RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        first_line = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
         raise UserError(
-            f"Checkpoint {path} cannot be loaded (truncated, corrupt or not a torchkron "
-            f"checkpoint: {type(exc).__name__}: {first_line}); delete it to restart that run "
-            "from scratch."
+            f"Checkpoint {path} does not fit this run's model or optimizer "
+            f"({type(exc).__name__}: {_first_line(exc)}); {fix}"
         ) from None
+    return int(state["epoch"]), dict(json.loads(state["record"]))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else ""
+
+
+def _check_epoch(epoch: int, record: RunRecord, config: TrainConfig, where: Path) -> None:
+    """The checkpoint's epoch must lie within the configured epochs and match its history."""
+    done = len(record["history"]["epoch"])
+    if not 0 <= epoch <= config.epochs or done != epoch:
+        raise UserError(
+            f"Checkpoint {where} is at epoch {epoch} (its history has {done} epochs), which "
+            f"does not fit a run of --epochs {config.epochs}; pass the --epochs it was "
+            "trained with, or delete it to restart that run from scratch."
+        )
 
 
 def _check_same(record: RunRecord, config: TrainConfig, where: Path) -> None:
     # Thread count changes speed, not the recipe, so it may differ on resume.
-    saved = TrainConfig.from_dict(record["config"]).with_(threads=config.threads)
+    try:
+        saved = TrainConfig.from_dict(record["config"]).with_(threads=config.threads)
+    except (TypeError, ValueError, UserError) as exc:
+        raise UserError(
+            f"{where} holds an invalid training config ({_first_line(exc)}); delete it to "
+            "redo that run."
+        ) from None
     if saved != config:
         diff = {
             k: (v, config.to_dict()[k])
