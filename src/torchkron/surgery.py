@@ -403,8 +403,13 @@ class _Entry:
         return self.names[0]
 
 
+def _numel(p: Tensor) -> int:
+    # An uninitialised LazyLinear parameter has no size yet.
+    return 0 if isinstance(p, nn.parameter.UninitializedParameter) else p.numel()
+
+
 def _count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    return sum(_numel(p) for p in model.parameters())
 
 
 def _module_names(model: nn.Module) -> dict[int, list[str]]:
@@ -809,7 +814,7 @@ def _swap(model: nn.Module, changes: list[tuple[str, nn.Module]]) -> None:
 
 
 def _layer_report(e: _Entry) -> LayerReport:
-    before = sum(p.numel() for n, p in e.module.named_parameters() if not n.endswith("bias"))
+    before = sum(_numel(p) for n, p in e.module.named_parameters() if not n.endswith("bias"))
     in_f = out_f = 0
     if e.view is not None:
         out_f, in_f = (int(d) for d in e.view.weight.shape)
