@@ -33,7 +33,8 @@ def kron_spectrum(weight: Tensor, shapes: Sequence[tuple[int, int]]) -> Tensor:
         raise ValueError(f"kron_spectrum: needs two factor shapes, got {len(shapes)}.")
     (o1, n1), (o2, n2) = shapes
     w = weight.detach().to(torch.float64)
-    return torch.linalg.svdvals(_rearrange(w, o1, n1, o2, n2))
+    values: Tensor = torch.linalg.svdvals(_rearrange(w, o1, n1, o2, n2))
+    return values
 
 
 def rank_errors(spectrum: Tensor) -> list[float]:

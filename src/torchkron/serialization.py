@@ -80,9 +80,7 @@ def read_plan(path: str | os.PathLike[str]) -> dict[str, Any]:
     return plan
 
 
-def load(
-    path: str | os.PathLike[str], base_model: nn.Module, *, strict: bool = True
-) -> nn.Module:
+def load(path: str | os.PathLike[str], base_model: nn.Module, *, strict: bool = True) -> nn.Module:
     """Rebuild a model saved by :func:`save` from a model of the original architecture.
 
     The stored plan is applied to ``base_model`` (its layers are replaced by

@@ -141,7 +141,7 @@ def _read_mha(module: nn.Module) -> DenseView:
 
 def _read_conv1d(module: nn.Module) -> DenseView:
     # transformers.pytorch_utils.Conv1D: y = x @ W + b with W stored (in, out).
-    weight: Tensor = module.weight
+    weight: Tensor = getattr(module, "weight")  # noqa: B009 (typed as Tensor | Module)
     bias: Tensor | None = getattr(module, "bias", None)
     return DenseView(weight.t(), bias)
 
@@ -150,14 +150,15 @@ def _build_conv1d(weight: Tensor, bias: Tensor | None) -> nn.Module:
     from transformers.pytorch_utils import Conv1D  # only reached for a converted Conv1D
 
     out_f, in_f = weight.shape
-    layer: nn.Module = Conv1D(out_f, in_f).to(device=weight.device, dtype=weight.dtype)
+    layer: Any = Conv1D(out_f, in_f).to(device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         layer.weight.copy_(weight.t())
         if bias is None:
             layer.bias = None
         else:
             layer.bias.copy_(bias)
-    return layer
+    built: nn.Module = layer
+    return built
 
 
 KRONIFY_MAPPING: dict[type[nn.Module] | str, LayerConverter | None] = {
@@ -356,12 +357,15 @@ def _key_matches(key: str, name: str) -> bool:
         raise ValueError(f"kronify: pattern {key!r} is not a valid regex: {exc}.") from None
 
 
-def _per_layer(spec: _T | Mapping[str, _T], name: str, default: _T, used: set[str]) -> _T:
+def _per_layer(
+    spec: _T | Mapping[str, _T], name: str, default: _T, used: set[str], what: str
+) -> _T:
+    """The value for layer ``name``: ``spec`` itself, or the first matching pattern's."""
     if not isinstance(spec, Mapping):
         return spec
     for key, value in spec.items():
         if _key_matches(key, name):
-            used.add(key)
+            used.add(f"{what}:{key}")
             return value
     return default
 
@@ -668,11 +672,12 @@ def _plan_layer(
     if callable(shapes):
         layer_shapes = shapes(e.name, e.module)
     elif isinstance(shapes, Mapping):
-        layer_shapes = _per_layer(shapes, e.name, None, used)
+        no_shapes: Sequence[tuple[int, int]] | None = None
+        layer_shapes = _per_layer(shapes, e.name, no_shapes, used, "shapes")
     else:
         layer_shapes = shapes
-    k = _per_layer(num_factors, e.name, 2, used)
-    e.rank = _per_layer(rank, e.name, 1, used)
+    k = _per_layer(num_factors, e.name, 2, used, "num_factors")
+    e.rank = _per_layer(rank, e.name, 1, used, "rank")
     e.fixed_rank = isinstance(rank, Mapping) and any(_key_matches(key, e.name) for key in rank)
     if layer_shapes is not None:
         # Shapes the user gave for this layer must fit it: a mistake, not a skip.
@@ -704,7 +709,7 @@ def _check_patterns_used(
         if not isinstance(spec, Mapping):
             continue
         for key in spec:
-            if key not in used:
+            if f"{what}:{key}" not in used:
                 examples = ", ".join(repr(e.name) for e in entries[:3]) or "none"
                 raise ValueError(
                     f"kronify: {what} pattern {key!r} matches no layer that kronify converts "

@@ -60,7 +60,7 @@ def test_gpt2_conv1d_converted_head_tied_and_kept():
 
 
 def test_gpt2_target_mlp_only():
-    model, report = kronify(build("gpt2"), target=r".*mlp\..*")
+    _model, report = kronify(build("gpt2"), target=r".*mlp\..*")
     assert [r.name for r in report.layers] == [
         "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj",
         "transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj",

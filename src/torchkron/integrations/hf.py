@@ -98,7 +98,7 @@ def from_pretrained(
         config = transformers.AutoConfig.from_pretrained(path)
     cls = _resolve_class(model_class, config)
     if getattr(config, PLAN_ATTRIBUTE, None):
-        cls = kron_model_class(cls)
+        cls = kron_model_class(cls)  # type: ignore[arg-type]
     model: nn.Module = cls.from_pretrained(path, config=config, **kwargs)
     return model
 

@@ -29,7 +29,7 @@ from torchkron.linear import KronLinear
 __all__ = ["KronLoraLinear", "get_peft_model", "register", "target_modules"]
 
 
-class KronLoraLinear(_LoraLinear):
+class KronLoraLinear(_LoraLinear):  # type: ignore[misc]
     """PEFT's LoRA ``Linear`` with a ``KronLinear`` base layer.
 
     Forward, adapters, dropout, scaling and ``disable_adapter`` are PEFT's; only the
