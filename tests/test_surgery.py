@@ -115,6 +115,7 @@ def test_shapes_per_layer_and_tied():
     model, report = kronify(Net(), target=["fc1"], tied=True)
     assert model.fc1.tied
     assert report.replaced[0].weights_after == 700
+    assert report.replaced[0].note == "tied: fresh init, a dense weight has no tied nearest form"
 
 
 def test_tied_with_unequal_balanced_shapes_is_a_reported_skip():
@@ -148,6 +149,8 @@ def test_bad_arguments_raise_instead_of_skipping():
         kronify(model, max_error=0.1, target_params=1000)
     with pytest.raises(ValueError, match=r"rank=2 and max_error both set the ranks"):
         kronify(model, rank=2, max_error=0.1)
+    with pytest.raises(ValueError, match=r"needs from_dense=True and tied=False"):
+        kronify(model, compression=2, from_dense=False)
     with pytest.raises(ValueError, match=r"max_error must be in \(0, 1\), got 1.5"):
         kronify(model, max_error=1.5)
     assert all(type(m) is nn.Linear for m in (model.fc1, model.block[0], model.head))
@@ -253,6 +256,7 @@ def test_multihead_attention_out_proj_converted_in_proj_reported():
     assert "MultiheadAttention reads out_proj.weight" in names["self_attn.out_proj"].note
     assert not names["self_attn"].replaced
     assert "packed in_proj_weight" in names["self_attn"].reason
+    assert names["self_attn"].weights_before == 3 * 16 * 16  # out_proj has its own row
     assert {"linear1", "linear2"} <= {r.name for r in report.replaced}
     assert report.params_before == before
     assert report.params_after == n_params(layer)

@@ -401,6 +401,7 @@ class _Entry:
     rank: int = 1
     fixed_rank: bool = False
     new: KronLinear | None = None
+    note: str = ""
 
     @property
     def name(self) -> str:
@@ -523,6 +524,11 @@ def kronify(
     ]
     if len(budgets) > 1:
         raise ValueError(f"kronify: give at most one of {', '.join(budgets)}.")
+    if budgets and (tied or not from_dense):
+        raise ValueError(
+            f"kronify: {budgets[0]} chooses ranks from the nearest Kronecker factors of the "
+            f"dense weights, which needs from_dense=True and tied=False."
+        )
     if budgets and isinstance(rank, int) and rank != 1:
         raise ValueError(
             f"kronify: rank={rank} and {budgets[0]} both set the ranks; drop rank, or give "
@@ -615,7 +621,6 @@ def kronify(
             target_params,
             compression,
             max_rank,
-            tied,
         )
         planned = [e for e in entries if not e.reason]
 
@@ -629,8 +634,9 @@ def kronify(
     _swap(model, [(n, e.new) for e in planned for n in e.names if e.new is not None])
 
     report = KronifyReport(params_before=params_before, budget=budget)
+    matched = {n for e in entries for n in e.names}
     for e in entries:
-        report.layers.append(_layer_report(e))
+        report.layers.append(_layer_report(e, matched))
     report.params_after = _count_params(model)
     _sync_config(model)
     return model, report
@@ -727,7 +733,6 @@ def _choose_ranks(
     target_params: int | None,
     compression: float | None,
     max_rank: int | None,
-    tied: bool,
 ) -> str:
     free = [e for e in planned if not e.fixed_rank]
     budgets: list[LayerBudget] = []
@@ -779,7 +784,10 @@ def _build(e: _Entry, *, tied: bool, from_dense: bool) -> KronLinear:
         dtype=w.dtype,
     )
     with torch.no_grad():
-        if from_dense and not tied:
+        e.note = e.view.note
+        if from_dense and tied:
+            e.note = "tied: fresh init, a dense weight has no tied nearest form"
+        elif from_dense:
             factors, error = nearest_kronecker(w, list(e.shapes), e.rank)
             for param, value in zip(layer.factors, factors, strict=True):
                 # A rank above the rearranged matrix's rank may come back clipped.
@@ -818,8 +826,14 @@ def _swap(model: nn.Module, changes: list[tuple[str, nn.Module]]) -> None:
         raise
 
 
-def _layer_report(e: _Entry) -> LayerReport:
-    before = sum(_numel(p) for n, p in e.module.named_parameters() if not n.endswith("bias"))
+def _layer_report(e: _Entry, matched: set[str]) -> LayerReport:
+    # Weights other than biases, less those of matched submodules (their own rows).
+    inner = {n[len(e.name) + 1 :] + "." for n in matched if n.startswith(e.name + ".")}
+    before = sum(
+        _numel(p)
+        for n, p in e.module.named_parameters()
+        if not n.endswith("bias") and not any(n.startswith(i) for i in inner)
+    )
     in_f = out_f = 0
     if e.view is not None:
         out_f, in_f = (int(d) for d in e.view.weight.shape)
@@ -855,7 +869,7 @@ def _layer_report(e: _Entry) -> LayerReport:
         approximation_error=new.approximation_error,
         kind=e.kind,
         aliases=aliases,
-        note=e.view.note if e.view is not None else "",
+        note=e.note,
     )
 
 
