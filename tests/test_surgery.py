@@ -505,3 +505,15 @@ def test_kronify_output_close_to_dense_with_rank(rank):
     assert err is not None
     assert 0 < err < 1
     assert (net(x) - dense).norm() / dense.norm() < 2 * err + 1e-6
+
+
+def test_import_torchkron_imports_no_optional_package():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torchkron; "
+        "print([m for m in ('transformers', 'peft', 'safetensors') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
