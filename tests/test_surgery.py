@@ -166,6 +166,15 @@ def test_per_layer_rank_and_num_factors_patterns():
     assert [r.rank for r in report.replaced] == [3, 2]
 
 
+def test_patterns_for_skipped_layers_are_fine_shadowed_ones_raise():
+    model, report = kronify(TiedLM(), rank={"lm_head": 4, "body": 2})
+    assert model.body.rank == 2
+    assert "tied" in report.skipped[0].reason
+    msg = "kronify: rank pattern 'fc1' never applies: an earlier pattern matches each layer"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        kronify(Net(), rank={".*": 2, "fc1": 4})
+
+
 def test_suffix_pattern_like_peft_rank_pattern():
     net = nn.Sequential()
     net.add_module("enc", nn.ModuleDict({"query": nn.Linear(8, 8), "value": nn.Linear(8, 8)}))

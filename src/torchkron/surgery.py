@@ -715,14 +715,24 @@ def _check_patterns_used(
         if not isinstance(spec, Mapping):
             continue
         for key in spec:
-            if f"{what}:{key}" not in used:
-                examples = ", ".join(repr(e.name) for e in entries[:3]) or "none"
+            if f"{what}:{key}" in used:
+                continue
+            hits = [e for e in entries if any(_key_matches(key, n) for n in e.names)]
+            if hits and all(e.view is None or e.reason for e in hits):
+                continue  # it names layers that are skipped (tied, shared...): reported
+            if hits:
                 raise ValueError(
-                    f"kronify: {what} pattern {key!r} matches no layer that kronify converts "
-                    f"(targeted layers: {examples}{', ...' if len(entries) > 3 else ''}). A "
-                    f"pattern is a regex for the full name or a dotted suffix, e.g. 'query' "
-                    f"or r'layer\\.0\\..*'."
+                    f"kronify: {what} pattern {key!r} never applies: an earlier pattern "
+                    f"matches each layer it matches ({hits[0].name!r}...); the first matching "
+                    f"pattern wins, so put the more specific one first."
                 )
+            examples = ", ".join(repr(e.name) for e in entries[:3]) or "none"
+            raise ValueError(
+                f"kronify: {what} pattern {key!r} matches no layer that kronify converts "
+                f"(targeted layers: {examples}{', ...' if len(entries) > 3 else ''}). A "
+                f"pattern is a regex for the full name or a dotted suffix, e.g. 'query' "
+                f"or r'layer\\.0\\..*'."
+            )
 
 
 def _choose_ranks(
