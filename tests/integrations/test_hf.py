@@ -202,3 +202,25 @@ def test_meta_device_model_with_fresh_init():
     model, report = kronify(model, from_dense=False, rank=2)
     assert model.transformer.h[0].mlp.c_fc.factor_0.is_meta
     assert report.params_after == n_params(model)
+
+
+def test_from_pretrained_with_an_auto_class(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, _ = kronify(build("gpt2"), target=r".*mlp\..*", rank=3)
+    model.save_pretrained(tmp_path)
+    again = hf.from_pretrained(tmp_path, AutoModelForCausalLM).eval()
+    assert type(again).__name__ == "GPT2LMHeadModel"
+    assert again.transformer.h[1].mlp.c_proj.rank == 3
+    with torch.no_grad():
+        assert torch.equal(output(again, "gpt2"), output(model, "gpt2"))
+
+
+def test_plain_from_pretrained_does_not_know_the_plan(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    model, _ = kronify(build("gpt2"), target=r".*mlp\..*")
+    model.save_pretrained(tmp_path)
+    plain = GPT2LMHeadModel.from_pretrained(tmp_path)  # re-initialises the MLP layers
+    assert isinstance(plain.transformer.h[0].mlp.c_fc, Conv1D)
+    assert plain.config.torchkron_plan["layers"]  # the plan is there for hf.from_pretrained
