@@ -6,7 +6,8 @@ PYTHON        ?= python3
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
 VENV          ?= .venv
-EXTRAS        ?= experiments,dev
+# hf: transformers, peft, safetensors for the integration tests (tests/integrations).
+EXTRAS        ?= experiments,dev,hf
 DATA_DIR      ?= $(if $(wildcard ../shared/data/mnist),../shared/data/mnist,)
 # Optional contender/back end, installed without its declared torchvision dependency
 # (it imports and runs without it); empty to skip.

@@ -14,20 +14,38 @@ from torchkron.factorization import factor_shapes as factor_shapes
 from torchkron.factorization import layer_factorizations as layer_factorizations
 from torchkron.factorization import nearest_kronecker as nearest_kronecker
 from torchkron.linear import KronLinear as KronLinear
+from torchkron.serialization import load as load
+from torchkron.serialization import save as save
 from torchkron.surgery import KRONIFY_MAPPING as KRONIFY_MAPPING
+from torchkron.surgery import DenseView as DenseView
 from torchkron.surgery import KronifyReport as KronifyReport
+from torchkron.surgery import LayerConverter as LayerConverter
 from torchkron.surgery import LayerReport as LayerReport
+from torchkron.surgery import Unconvertible as Unconvertible
+from torchkron.surgery import apply_plan as apply_plan
 from torchkron.surgery import kronify as kronify
+from torchkron.surgery import kronify_plan as kronify_plan
+from torchkron.surgery import merge as merge
+from torchkron.surgery import register_converter as register_converter
 
 __all__ = [
     "KRONIFY_MAPPING",
+    "DenseView",
     "KronLinear",
     "KronifyReport",
+    "LayerConverter",
     "LayerReport",
+    "Unconvertible",
     "__version__",
+    "apply_plan",
     "factor_shapes",
     "functional",
     "kronify",
+    "kronify_plan",
     "layer_factorizations",
+    "load",
+    "merge",
     "nearest_kronecker",
+    "register_converter",
+    "save",
 ]

@@ -112,11 +112,15 @@ def _balanced(n: int, k: int, what: str) -> tuple[int, ...]:
             else f"{n} = {format_primes(n)} has only {len(primes)} prime factor(s)"
         )
         near = ", ".join(f"{m} = {format_primes(m)}" for m in nearest_factorable(n, k))
+        # The size goes on its own side of the (out_i, in_i) pairs.
+        example = (
+            f"[(out_1, 1), (out_2, {n})]" if what == "in_features" else f"[(1, in_1), ({n}, in_2)]"
+        )
         raise ValueError(
             f"factor_shapes: cannot split {what}={n} into {k} factors greater than 1: {why}. "
             f"Use fewer factors (num_factors={max(1, len(primes))}), resize the layer to a "
             f"size that splits (nearest: {near}), or pass explicit shapes such as "
-            f"[(out_1, 1), (out_2, {n})]."
+            f"{example}."
         )
     target = math.log(n) / k
     return min(options, key=lambda fs: (sum((math.log(f) - target) ** 2 for f in fs), fs))
