@@ -1174,11 +1174,13 @@ def calibrate(device: torch.device, dtype: torch.dtype, threads: int) -> dict[st
 
     ``peak_flops``: a large square GEMM; ``bandwidth``: a copy into a preallocated
     buffer (no page faults); ``launch_s``: a 1x1 product; ``d_half``: the median over
-    GEMMs shaped like mode contractions of the dimension that explains their rate, after
-    their memory time. Each is the fastest of several blocks, so that load from other
-    processes inflates it as little as possible.
+    GEMMs shaped like mode contractions of the dimension that explains their rate. Each
+    is the fastest of several blocks, so that load from other processes inflates it as
+    little as possible.
     """
-    n = 2048 if device.type == "cuda" else 1024
+    # Large enough to run near peak, small enough (CPU: 512^3, a few ms) that one product
+    # fits in a scheduler slice on a loaded machine (longer ones get preempted more).
+    n = 2048 if device.type == "cuda" else 512
 
     def t(stmt: str, **g: Any) -> float:
         timer = tbench.Timer(stmt, globals=g, num_threads=threads)
@@ -1198,8 +1200,9 @@ def calibrate(device: torch.device, dtype: torch.dtype, threads: int) -> dict[st
         x, w = rand(m, k), rand(k, nn_)
         out = torch.empty(m, nn_, device=device, dtype=dtype)
         took = t("torch.mm(x, w, out=out)", torch=torch, x=x, w=w, out=out)
-        moved = m * (k + nn_) * x.element_size() / bandwidth
-        ratio = 2.0 * m * k * nn_ / max(took - moved - launch, 1e-9) / peak
+        # The whole time counts as lost efficiency (memory time included): the chain's
+        # GEMMs stream operands of this shape, so their memory time scales alike.
+        ratio = 2.0 * m * k * nn_ / took / peak
         halves.append(_solve_d_half(min(max(ratio, 1e-4), 1.0), k, nn_))
     d_half = max(statistics.median(halves), 1.0)
     return {"peak_flops": peak, "d_half": d_half, "bandwidth": bandwidth, "launch_s": launch}
