@@ -170,7 +170,9 @@ def test_cache_reused_while_unchanged_and_invalidated_by_updates():
     assert w4 is not w3
 
     layer.factor_0.data = layer.factor_0.data.clone() + 1  # a new storage
-    assert check() is not w4
+    w5 = check()
+    assert w5 is not w4
+    assert check() is w5
 
     opt = torch.optim.Adam(layer.parameters(), lr=0.1)
     for _ in range(2):
@@ -178,6 +180,32 @@ def test_cache_reused_while_unchanged_and_invalidated_by_updates():
         layer(x).pow(2).sum().backward()
         opt.step()
         check()
+
+
+def test_cache_sees_writes_that_bypass_version_counters():
+    # FlatAdadelta re-points every parameter's .data at a view of one flat buffer and
+    # updates the buffer: the parameters' version counters never move.
+    from torchkron.experiments.optim import FlatAdadelta
+
+    torch.manual_seed(1)
+    layer = KronLinear(12, 10, shapes=[(2, 3), (5, 4)], rank=2)
+    opt = FlatAdadelta(layer.parameters(), lr=1.0)
+    x = torch.randn(7, 12)
+    for _ in range(3):
+        versions = [f._version for f in layer.factors]
+        with torch.no_grad():
+            y = kron_linear(x, layer.factors, layer.bias, impl="materialize")
+        ref = x @ reference_weight([f.detach() for f in layer.factors]).T + layer.bias.detach()
+        torch.testing.assert_close(y, ref)
+        opt.zero_grad()
+        layer(x).pow(2).sum().backward()
+        opt.step()
+        assert [f._version for f in layer.factors] == versions  # invisible to versions
+    with torch.no_grad():
+        layer.factor_0.data.mul_(3.0)  # .data bypasses the version counter too
+        y = kron_linear(x, layer.factors, layer.bias, impl="materialize")
+    ref = x @ reference_weight([f.detach() for f in layer.factors]).T + layer.bias.detach()
+    torch.testing.assert_close(y, ref)
 
 
 def test_cache_not_used_with_autograd_and_dropped_with_the_factors():

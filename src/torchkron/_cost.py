@@ -193,7 +193,9 @@ def plan_costs(
     build = _gemm(c, out_f * in_f / (outs[-1] * ins[-1]), rank, outs[-1] * ins[-1], elt)
     build += 2.0 * w_bytes / c["bandwidth"] + c["launch_s"]
     dense = _gemm(c, batch, in_f, out_f, elt)
-    cached = dense
+    # A cached W is checked against a snapshot of the factors on every call (one pass).
+    factor_bytes = rank * sum(o * n for o, n in zip(outs, ins, strict=True)) * elt
+    cached = dense + 2.0 * factor_bytes / c["bandwidth"] + len(outs) * c["launch_s"]
     materialize = build + dense
     if train:
         dense_bwd = _gemm(c, out_f, batch, in_f, elt) + _gemm(c, batch, out_f, in_f, elt)

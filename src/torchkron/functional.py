@@ -8,12 +8,15 @@ A Kronecker-factored weight is given by ``k`` factor tensors, factor ``i`` of sh
 with :func:`torch.kron`'s index order (factor 1 is the most significant). The layer
 computes ``y = x @ W.T + bias`` as ``nn.Linear`` does.
 
-:func:`kron_linear` computes that product without ever building ``W``: it reshapes the
-input into a tensor with one mode per factor and contracts the modes one at a time. By
-default (``impl="bmm"``, see :data:`IMPLS`) each contraction is one GEMM or batched GEMM
-that leaves the modes in place, so the state is never permuted or copied; factors
-smaller than 16 x 16 are first multiplied out in pairs (never into ``W``), and the order
-is the one needing the fewest floating-point operations (see :func:`contraction_order`).
+:func:`kron_linear` usually computes that product without building ``W``: it reshapes
+the input into a tensor with one mode per factor and contracts the modes one at a time.
+In the factored chain (``impl="bmm"``, see :data:`IMPLS`) each contraction is one GEMM
+or batched GEMM that leaves the modes in place, so the state is never permuted or
+copied; factors smaller than 16 x 16 are first multiplied out in pairs (never into
+``W``), and the order is the one needing the fewest floating-point operations (see
+:func:`contraction_order`). The default, ``impl="auto"``, picks between that chain and
+materialising ``W`` (cheaper at high rank or for small layers; cached across calls in
+inference) with a calibrated cost model (:mod:`torchkron._cost`).
 :func:`kron_weight` builds ``W`` for inspection, export and tests.
 """
 
@@ -612,6 +615,7 @@ def _triton_unavailable(factors: Sequence[Tensor]) -> str | None:
 class _CacheEntry(NamedTuple):
     ref: Any  # weakref.ref to the first factor (drops the entry when it is freed)
     key: tuple[Any, ...]  # identity, storage, version and layout of every factor
+    snapshot: tuple[Tensor, ...]  # copies of the factors' values when W was built
     weight: Tensor
 
 
@@ -622,10 +626,13 @@ _CACHE_ENABLED = True
 def clear_weight_cache() -> None:
     """Drop every cached materialised ``W`` (see ``impl="materialize"``).
 
-    The cache holds one ``W`` per factor set used for inference; an entry is invalidated
-    when any factor changes in place (its version counter moves: optimizer steps,
-    ``copy_``, ``load_state_dict``), is replaced (``data_ptr``), or is freed. In-place
-    writes through ``tensor.data`` bypass version counters: call this after them.
+    The cache holds one ``W`` per factor set used for inference. An entry is reused only
+    while every factor is the same tensor, with the same storage (``data_ptr``), version
+    counter (moved by optimizer steps, ``copy_``, ``load_state_dict``) and layout, *and*
+    equal values to a snapshot taken when ``W`` was built: writes that bypass version
+    counters (through ``tensor.data``, or into a flat buffer the parameters are views
+    of, as ``torchkron.experiments.optim.FlatAdadelta`` does) are caught by the
+    comparison, which costs one pass over the (small) factors per call.
     """
     _WEIGHT_CACHE.clear()
 
@@ -672,10 +679,16 @@ def _cached_weight(factors: Sequence[Tensor]) -> Tensor:
             return _materialize(factors)
     head = factors[0]
     entry = _WEIGHT_CACHE.get(id(head))
-    if entry is not None and entry.ref() is head and entry.key == key:
+    if (
+        entry is not None
+        and entry.ref() is head
+        and entry.key == key
+        and all(torch.equal(f, s) for f, s in zip(factors, entry.snapshot, strict=True))
+    ):
         return entry.weight
     with torch.no_grad():
         w = _materialize(factors)
+        snapshot = tuple(f.detach().clone() for f in factors)
     slot = id(head)
 
     def _drop(_: Any, slot: int = slot) -> None:
@@ -683,7 +696,7 @@ def _cached_weight(factors: Sequence[Tensor]) -> Tensor:
         if current is not None and current.ref() is None:
             del _WEIGHT_CACHE[slot]
 
-    _WEIGHT_CACHE[slot] = _CacheEntry(weakref.ref(head, _drop), key, w)
+    _WEIGHT_CACHE[slot] = _CacheEntry(weakref.ref(head, _drop), key, snapshot, w)
     return w
 
 
