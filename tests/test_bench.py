@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
+import torch
 
+from torchkron import _cost, cli
 from torchkron.experiments import bench
+from torchkron.experiments.errors import UserError
 
 
 def _args(tmp_path, *extra: str) -> argparse.Namespace:
@@ -55,8 +60,8 @@ def test_quick_suite_writes_json_and_markdown(tmp_path, capsys):
     # Every (shape, dtype, mode, contender) appears exactly once.
     keys = [(r["shape"], r["dtype"], r["mode"], r["contender"]) for r in results]
     assert len(keys) == len(set(keys))
-    expected = len(bench.QUICK_SHAPES) * 2 * len(bench.MODES) * len(bench.contender_names())
-    assert len(keys) == expected
+    per_shape_dtype = sum(len(bench._modes(n)) for n in bench.contender_names())
+    assert len(keys) == len(bench.QUICK_SHAPES) * 2 * per_shape_dtype
     for r in results:
         assert r["status"] in ("ok", "skipped", "error")
         if r["status"] == "ok":
@@ -73,7 +78,9 @@ def test_quick_suite_writes_json_and_markdown(tmp_path, capsys):
         for mode in bench.MODES:
             assert ("quick-2f", dtype, mode, "KronLinear") in ok
             assert ("quick-2f", dtype, mode, "dense") in ok
+        for mode in bench.MODES[:2]:
             assert ("quick-2f", dtype, mode, "materialize") in ok
+            assert ("quick-2f", dtype, mode, "torchkron:materialize") in ok
     # No contender computed a different function.
     assert not [r for r in results if r["status"] == "error"], [
         (r["contender"], r["reason"]) for r in results if r["status"] == "error"
@@ -84,15 +91,17 @@ def test_quick_suite_writes_json_and_markdown(tmp_path, capsys):
         for r in results
         if r["shape"] == "quick-nodense" and r["status"] == "skipped"
     }
-    assert {"dense", "materialize"} <= skipped.keys()
+    assert {"dense", "materialize", "torchkron:materialize", "torchkron:triton"} <= skipped.keys()
     assert "dense W" in skipped["dense"]
     kron_train = next(
         r
         for r in results
         if r["shape"] == "quick-nodense" and r["contender"] == "KronLinear" and r["mode"] == "train"
     )
-    assert kron_train["auto_impl"] in ("bmm", "fused", "permute", "fastkron")
+    assert kron_train["auto_impl"] == "bmm"  # W would not be built for a no-dense shape
     assert kron_train["peak_step_bytes"] > 0
+    assert kron_train["saved_bytes"] > 0
+    assert set(doc["calibration"]) >= {"peak_flops", "d_half", "bandwidth", "launch_s"}
     assert kron_train["resident_bytes"] > 0
     assert any(g["goal"].startswith("training-step peak memory") for g in doc["goals"])
     md = md_path.read_text()
@@ -121,12 +130,87 @@ def test_shape_and_contender_selection(tmp_path):
 
 
 def test_bad_options_name_the_problem(tmp_path):
-    with pytest.raises(SystemExit, match="unknown shapes"):
+    with pytest.raises(UserError, match="unknown shapes"):
         bench.main(_args(tmp_path, "--shapes", "nope"))
-    with pytest.raises(SystemExit, match="unknown dtype"):
+    with pytest.raises(UserError, match="unknown dtype"):
         bench.main(_args(tmp_path, "--dtype", "float8"))
-    with pytest.raises(SystemExit, match="unknown contenders"):
+    with pytest.raises(UserError, match="unknown contenders"):
         bench.main(_args(tmp_path, "--contenders", "nope"))
+
+
+@pytest.mark.parametrize("threads", ["-1", "0"])
+def test_bad_threads_exit_2_with_a_message(tmp_path, capsys, threads):
+    code = cli.main(["bench", "--quick", "--out", str(tmp_path), "--threads", threads])
+    assert code == 2
+    err = capsys.readouterr().err
+    cpus = os.cpu_count() or 1
+    assert err == (
+        f"torchkron bench: error: --threads must be a positive number of intra-op threads, "
+        f"got {threads}; omit it to use all {cpus} CPUs.\n"
+    )
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("nonsense", "unknown --device 'nonsense'; use cpu, cuda or cuda:N (a torch device name)."),
+        ("meta", "--device meta: the suite runs on cpu or cuda only; use one of those."),
+    ],
+)
+def test_bad_device_exit_2_with_a_message(tmp_path, capsys, device, message):
+    assert cli.main(["bench", "--quick", "--out", str(tmp_path), "--device", device]) == 2
+    assert capsys.readouterr().err == f"torchkron bench: error: {message}\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_cuda_without_a_gpu_is_a_message(capsys):
+    assert cli.main(["bench", "--quick", "--device", "cuda"]) == 2
+    assert "sees no CUDA device" in capsys.readouterr().err
+
+
+def test_module_entry_point_exits_2_on_bad_input():
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchkron.experiments.bench", "--device", "nonsense"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "unknown --device 'nonsense'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_quick_run_without_out_never_writes_committed_results(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # a stray benchmarks/results/ would appear here
+    args = _args(tmp_path, "--shapes", "quick-2f", "--contenders", "dense", "--no-memory")
+    args.out = None
+    assert bench.main(args) == 0
+    assert (tmp_path / "torchkron-bench" / "bench-cpu-quick.json").is_file()
+    assert not (tmp_path / "benchmarks").exists()
+    assert bench.default_out() == tmp_path / "torchkron-bench"
+
+
+def test_calibrate_writes_constants_the_library_reads(tmp_path):
+    path = tmp_path / "cal.json"
+    args = _args(tmp_path, "--calibrate", "--calibration-file", str(path))
+    assert bench.main(args) == 0
+    doc = json.loads(path.read_text())
+    cpu = doc["devices"]["cpu"]
+    for key in _cost.KEYS:
+        assert cpu[key] > 0
+    try:
+        _cost.set_calibration(path)
+        assert _cost.calibration("cpu")["peak_flops"] == cpu["peak_flops"]
+    finally:
+        _cost.set_calibration(None)
+
+
+def test_rank_and_gpu_shapes_are_listed():
+    names = {s.name for s in bench.ALL_SHAPES}
+    assert {"768-3072-r1-b1024", "768-3072-r4-b1024", "768-3072-r16-b1024"} <= names
+    gpu = {(s.batch, s.name.rsplit("-b", 1)[0]) for s in bench.GPU_SHAPES}
+    assert {(8192, "4096"), (16384, "4096"), (16384, "768-3072-r4")} <= gpu
 
 
 def test_module_entry_point_lists_shapes():

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tests.reference import random_factors, reference_weight
 
-from torchkron import KronLinear, _fastkron
+from torchkron import KronLinear, _cost, _fastkron
 from torchkron.experiments.bench import cpu_memory_events, replayed_peak_bytes
 from torchkron.functional import (
     _GROUP_MAX_SIZE,
@@ -22,9 +22,20 @@ from torchkron.functional import (
 )
 
 HAVE_FASTKRON = _fastkron.available()
-# "fastkron" is tested only where pyfastkron is installed (the optional extra).
-TESTED = [i for i in IMPLS if i != "fastkron" or HAVE_FASTKRON]
+# "fastkron" is tested only where pyfastkron is installed (the optional extra); "triton"
+# runs on CUDA tensors only (its kernels are tested with torchkron._triton; the errors
+# of impl="triton" on CPU are in tests/test_functional_auto.py).
+TESTED = [i for i in IMPLS if (i != "fastkron" or HAVE_FASTKRON) and i != "triton"]
 needs_fastkron = pytest.mark.skipif(not HAVE_FASTKRON, reason="pyfastkron not installed")
+
+
+@pytest.fixture(autouse=True)
+def _default_calibration():
+    """impl="auto" decides from the built-in constants, not this machine's calibration file."""
+    _cost.set_calibration({"devices": _cost.DEFAULTS})
+    yield
+    _cost.set_calibration(None)
+
 
 shapes_st = st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), min_size=1, max_size=4)
 lead_st = st.lists(st.integers(0, 3), min_size=0, max_size=2)
@@ -75,6 +86,9 @@ def test_gradcheck(impl, shapes, rank):
     assert torch.autograd.gradcheck(fn, (x, bias, *factors))
     if impl != "fastkron":  # pyfastkron's backward is not differentiable again
         assert torch.autograd.gradgradcheck(fn, (x, bias, *factors))
+    else:
+        with pytest.raises(RuntimeError, match=r"impl='fastkron'\) does not support double"):
+            torch.autograd.gradgradcheck(fn, (x, bias, *factors))
 
 
 @pytest.mark.parametrize("impl", ["bmm", "fused"])
@@ -136,7 +150,7 @@ def test_fastkron_rejects_bfloat16():
         kron_linear(torch.zeros(2, 9, dtype=torch.bfloat16), factors, impl="fastkron")
 
 
-@pytest.mark.parametrize("impl", ["permute", "bmm", "fused"])
+@pytest.mark.parametrize("impl", ["permute", "bmm", "fused", "materialize"])
 def test_bfloat16_close_to_float32(impl):
     torch.manual_seed(0)
     factors = [torch.randn(2, 8, 8) / 4, torch.randn(2, 8, 8) / 4]
@@ -162,7 +176,7 @@ def _peak_and_largest_allocation(fn) -> tuple[int, int]:
     return replayed_peak_bytes(events), max(e["args"]["Bytes"] for e in events)
 
 
-@pytest.mark.parametrize("impl", TESTED)
+@pytest.mark.parametrize("impl", [i for i in TESTED if i != "materialize"])
 def test_training_step_never_builds_w(impl):
     # W would be 4096 x 4096 float32 = 64 MiB; a batch of 4 rows is 64 KiB.
     torch.manual_seed(0)

@@ -154,6 +154,8 @@ def _autograd_backward(
     need_mats: Sequence[bool],
 ) -> tuple[Tensor | None, ...]:
     inputs = [t for t, need in zip([x, *mats], [need_input, *need_mats], strict=True) if need]
+    if not inputs:  # only the bias needs a gradient (the caller computes it)
+        return (None, *(None for _ in need_mats))
     y = _forward(x, mats, steps)[-1]
     grads = iter(torch.autograd.grad(y, inputs, grad, create_graph=True, allow_unused=True))
     dx = next(grads) if need_input else None

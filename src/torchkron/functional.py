@@ -8,12 +8,15 @@ A Kronecker-factored weight is given by ``k`` factor tensors, factor ``i`` of sh
 with :func:`torch.kron`'s index order (factor 1 is the most significant). The layer
 computes ``y = x @ W.T + bias`` as ``nn.Linear`` does.
 
-:func:`kron_linear` computes that product without ever building ``W``: it reshapes the
-input into a tensor with one mode per factor and contracts the modes one at a time. By
-default (``impl="bmm"``, see :data:`IMPLS`) each contraction is one GEMM or batched GEMM
-that leaves the modes in place, so the state is never permuted or copied; factors
-smaller than 16 x 16 are first multiplied out in pairs (never into ``W``), and the order
-is the one needing the fewest floating-point operations (see :func:`contraction_order`).
+:func:`kron_linear` usually computes that product without building ``W``: it reshapes
+the input into a tensor with one mode per factor and contracts the modes one at a time.
+In the factored chain (``impl="bmm"``, see :data:`IMPLS`) each contraction is one GEMM
+or batched GEMM that leaves the modes in place, so the state is never permuted or
+copied; factors smaller than 16 x 16 are first multiplied out in pairs (never into
+``W``), and the order is the one needing the fewest floating-point operations (see
+:func:`contraction_order`). The default, ``impl="auto"``, picks between that chain and
+materialising ``W`` (cheaper at high rank or for small layers; cached across calls in
+inference) with a calibrated cost model (:mod:`torchkron._cost`).
 :func:`kron_weight` builds ``W`` for inspection, export and tests.
 """
 
@@ -23,7 +26,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -33,12 +36,14 @@ from torchkron._autograd import GemmStep, chain
 __all__ = [
     "IMPLS",
     "choose_impl",
+    "clear_weight_cache",
     "contraction_order",
     "dense_flops",
     "executed_flops",
     "kron_flops",
     "kron_linear",
     "kron_weight",
+    "set_weight_cache",
 ]
 
 # Orders of up to this many factors are searched exhaustively (8! = 40320 orders, once
@@ -83,14 +88,27 @@ def kron_weight(factors: Sequence[Tensor]) -> Tensor:
         >>> torch.equal(kron_weight([a, b]), torch.kron(a[0], b[0]))
         True
     """
-    rank, _, _ = _check_factors(factors, "kron_weight")
-    w = factors[0]  # (R, o, n)
-    for f in factors[1:]:
-        _, o, n = w.shape
-        _, p, q = f.shape
-        # Batched Kronecker product over the rank dimension.
-        w = (w[:, :, None, :, None] * f[:, None, :, None, :]).reshape(rank, o * p, n * q)
-    return w.sum(0)
+    _check_factors(factors, "kron_weight")
+    return _materialize(factors)
+
+
+def _materialize(factors: Sequence[Tensor]) -> Tensor:
+    """``W`` as one GEMM over the rank: the first ``k - 1`` factors' terms times the last's.
+
+    ``W[(a, c), (b, d)] = sum_r A[r, a, b] F_k[r, c, d]`` is a ``(a b, R) @ (R, c d)``
+    product followed by one permute copy; its backward is two GEMMs of the same size, where
+    the broadcast product ``A[:, :, None, :, None] * F_k[:, None, :, None, :]`` would hold
+    R copies of ``W`` and reduce them.
+    """
+    if len(factors) == 1:
+        f = factors[0]
+        return f[0] if f.shape[0] == 1 else f.sum(0)
+    head = factors[0] if len(factors) == 2 else _kron_terms(factors[:-1])
+    last = factors[-1]
+    rank, a, b = head.shape
+    _, c, d = last.shape
+    w = head.reshape(rank, a * b).t() @ last.reshape(rank, c * d)  # (a b, c d)
+    return w.view(a, b, c, d).permute(0, 2, 1, 3).reshape(a * c, b * d)
 
 
 def _order_flops(order: Sequence[int], outs: Sequence[int], ins: Sequence[int], rank: int) -> int:
@@ -160,7 +178,7 @@ def dense_flops(in_features: int, out_features: int) -> int:
     return 2 * in_features * out_features
 
 
-IMPLS: tuple[str, ...] = ("auto", "permute", "bmm", "fused", "fastkron")
+IMPLS: tuple[str, ...] = ("auto", "permute", "bmm", "fused", "fastkron", "materialize", "triton")
 """Names accepted by :func:`kron_linear`'s ``impl`` option (see there)."""
 
 
@@ -185,7 +203,15 @@ def kron_linear(
             - ``"fused"``: as ``"bmm"``, but the whole product is one autograd node with a
               hand-written backward.
             - ``"fastkron"``: the ``pyfastkron`` package (optional extra ``fastkron``);
-              float32/float64 only. Raises if it is not installed.
+              float32/float64 only. Raises if it is not installed. Its backward is
+              pyfastkron's, which is not differentiable again: ``create_graph=True``
+              raises a RuntimeError saying so.
+            - ``"materialize"``: build ``W`` (one GEMM over the rank), then one dense GEMM;
+              cheaper than the chain when the rank is high or the layer small. Without
+              autograd (inference) the built ``W`` is cached while the factors are
+              unchanged (see :func:`clear_weight_cache`).
+            - ``"triton"``: fused Triton kernels (``torchkron._triton``; CUDA, two
+              factors). Raises if Triton or a CUDA device is not available.
 
     Returns:
         Tensor of shape ``(*, prod out_i)``.
@@ -228,13 +254,72 @@ def kron_linear(
     x2 = x.reshape(-1, in_features)
     if impl == "auto":
         impl = _auto_impl(x2, factors, outs, ins, rank)
-    if impl in ("bmm", "fused") and len(factors) > 1:
+    if impl == "materialize":
+        y = _impl_materialize(x2, factors, bias)
+    elif impl == "triton":
+        y = _impl_triton(x2, factors, bias)
+    elif impl in ("bmm", "fused") and len(factors) > 1:
         y = _inplace(x2, factors, bias, outs, ins, rank, fused=impl == "fused")
+        if impl == "bmm":
+            y = _contiguous_grad(y)
     else:
         y = _IMPL_FUNCS[impl](x2, factors, outs, ins, rank)
         if bias is not None:
             y = y + bias
+        if impl == "permute":
+            y = _contiguous_grad(y)
+        elif impl == "fastkron":
+            y = _no_double_backward(y)
     return y.reshape(*lead, out_features)
+
+
+class _ContiguousGradFn(torch.autograd.Function):
+    """Identity whose backward hands a contiguous gradient to the chain below.
+
+    ``layer(x).sum().backward()`` sends a stride-0 (expanded) gradient; the batched GEMMs
+    of the chain's backward then fall off the BLAS fast path (2-3x slower steps,
+    issue 8). One copy of the output gradient restores the contiguous speed.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor) -> Tensor:
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.contiguous()
+
+
+def _contiguous_grad(y: Tensor) -> Tensor:
+    if not (y.requires_grad and torch.is_grad_enabled()):
+        return y
+    out: Tensor = _ContiguousGradFn.apply(y)  # type: ignore[no-untyped-call]
+    return out
+
+
+class _NoDoubleBackwardFn(torch.autograd.Function):
+    """Identity that refuses ``create_graph=True``: pyfastkron's backward is first-order."""
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor) -> Tensor:
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        if torch.is_grad_enabled():  # i.e. backward(create_graph=True)
+            raise RuntimeError(
+                "kron_linear(impl='fastkron') does not support double backward "
+                "(create_graph=True): pyfastkron's backward is not differentiable, so "
+                "second derivatives would be wrong; use impl='bmm' or impl='fused'."
+            )
+        return grad
+
+
+def _no_double_backward(y: Tensor) -> Tensor:
+    if not (y.requires_grad and torch.is_grad_enabled()):
+        return y
+    out: Tensor = _NoDoubleBackwardFn.apply(y)  # type: ignore[no-untyped-call]
+    return out
 
 
 class _Step(NamedTuple):
@@ -498,23 +583,179 @@ _IMPL_FUNCS: dict[str, Callable[[Tensor, Sequence[Tensor], list[int], list[int],
 }
 
 
+def _impl_triton(x: Tensor, factors: Sequence[Tensor], bias: Tensor | None) -> Tensor:
+    reason = _triton_unavailable(factors)
+    if reason is not None:
+        raise RuntimeError(f"kron_linear(impl='triton'): {reason}.")
+    from torchkron import _triton  # type: ignore[attr-defined,unused-ignore]
+
+    y: Tensor = _triton.kron_linear_triton(x, list(factors), bias)
+    return y
+
+
+def _triton_unavailable(factors: Sequence[Tensor]) -> str | None:
+    """Why the Triton kernels cannot run, or None when they can."""
+    try:
+        from torchkron import _triton  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return "torchkron._triton is not part of this installation"
+    if not _triton.is_available():
+        return "Triton or a CUDA device is not available (pip install triton, run on CUDA)"
+    if len(factors) != 2:
+        return f"the Triton kernels take exactly 2 factors, got {len(factors)}"
+    if factors[0].device.type != "cuda":
+        return f"the Triton kernels run on CUDA tensors, got device {factors[0].device}"
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# impl="materialize" and the inference cache of W
+
+
+class _CacheEntry(NamedTuple):
+    ref: Any  # weakref.ref to the first factor (drops the entry when it is freed)
+    key: tuple[Any, ...]  # identity, storage, version and layout of every factor
+    snapshot: tuple[Tensor, ...]  # copies of the factors' values when W was built
+    weight: Tensor
+
+
+_WEIGHT_CACHE: dict[int, _CacheEntry] = {}
+_CACHE_ENABLED = True
+
+
+def clear_weight_cache() -> None:
+    """Drop every cached materialised ``W`` (see ``impl="materialize"``).
+
+    The cache holds one ``W`` per factor set used for inference. An entry is reused only
+    while every factor is the same tensor, with the same storage (``data_ptr``), version
+    counter (moved by optimizer steps, ``copy_``, ``load_state_dict``) and layout, *and*
+    equal values to a snapshot taken when ``W`` was built: writes that bypass version
+    counters (through ``tensor.data``, or into a flat buffer the parameters are views
+    of, as ``torchkron.experiments.optim.FlatAdadelta`` does) are caught by the
+    comparison, which costs one pass over the (small) factors per call.
+    """
+    _WEIGHT_CACHE.clear()
+
+
+def set_weight_cache(enabled: bool) -> None:
+    """Turn caching of the materialised ``W`` in inference on (default) or off."""
+    global _CACHE_ENABLED
+    _CACHE_ENABLED = bool(enabled)
+    if not enabled:
+        clear_weight_cache()
+
+
+def _cache_key(factors: Sequence[Tensor]) -> tuple[Any, ...] | None:
+    try:
+        return tuple(
+            (id(f), f.data_ptr(), f._version, tuple(f.shape), f.stride(), f.dtype, f.device)
+            for f in factors
+        )
+    except RuntimeError:  # inference tensors have no version counter: never cached
+        return None
+
+
+def _tracing() -> bool:
+    """Under torch.compile, torch.export or torch.jit.trace: no state, no cache."""
+    jit_tracing = bool(torch._C._get_tracing_state())
+    return jit_tracing or torch.compiler.is_compiling()
+
+
+def _cacheable(factors: Sequence[Tensor]) -> bool:
+    if not _CACHE_ENABLED or (torch.is_grad_enabled() and any(f.requires_grad for f in factors)):
+        return False
+    if _tracing():
+        return False
+    return all(type(f) in (Tensor, torch.nn.Parameter) for f in factors)
+
+
+def _cached_weight(factors: Sequence[Tensor]) -> Tensor:
+    """``W`` of ``factors`` (no autograd), reused while no factor has changed."""
+    import weakref
+
+    key = _cache_key(factors)
+    if key is None:
+        with torch.no_grad():
+            return _materialize(factors)
+    head = factors[0]
+    entry = _WEIGHT_CACHE.get(id(head))
+    if (
+        entry is not None
+        and entry.ref() is head
+        and entry.key == key
+        and all(torch.equal(f, s) for f, s in zip(factors, entry.snapshot, strict=True))
+    ):
+        return entry.weight
+    with torch.no_grad():
+        w = _materialize(factors)
+        snapshot = tuple(f.detach().clone() for f in factors)
+    slot = id(head)
+
+    def _drop(_: Any, slot: int = slot) -> None:
+        current = _WEIGHT_CACHE.get(slot)
+        if current is not None and current.ref() is None:
+            del _WEIGHT_CACHE[slot]
+
+    _WEIGHT_CACHE[slot] = _CacheEntry(weakref.ref(head, _drop), key, snapshot, w)
+    return w
+
+
+def _impl_materialize(x: Tensor, factors: Sequence[Tensor], bias: Tensor | None) -> Tensor:
+    w = _cached_weight(factors) if _cacheable(factors) else _materialize(factors)
+    return torch.nn.functional.linear(x, w, bias)
+
+
 def choose_impl(x: Tensor, factors: Sequence[Tensor]) -> str:
     """The ``impl`` that ``kron_linear(x, factors, impl="auto")`` runs.
 
-    The choice depends on the sizes, the device, the dtype, and on whether autograd will
-    need a backward (grad mode on and ``x`` or a factor requiring grad).
+    The choice comes from a cost model (FLOPs, bytes moved and operator count of each
+    plan, priced with the machine constants of :mod:`torchkron._cost`, calibrated by
+    ``torchkron bench --calibrate``) and depends on the sizes, the device, the dtype, and
+    on whether autograd will need a backward (grad mode on and ``x`` or a factor
+    requiring grad). Candidates: the factored chain (``"bmm"``), ``"materialize"``
+    (cached across calls in inference), and ``"triton"`` on CUDA when it is available.
     """
     rank, outs, ins = _check_factors(factors, "choose_impl")
     return _auto_impl(x.reshape(-1, x.shape[-1]), factors, outs, ins, rank)
 
 
+# Never materialise a W larger than this many times the layer's input + output (W of a
+# 65536 x 65536 layer would be 16 GiB), nor above this absolute size.
+_MATERIALIZE_MAX_BYTES = 1 << 30
+
+
 def _auto_impl(
     x: Tensor, factors: Sequence[Tensor], outs: list[int], ins: list[int], rank: int
 ) -> str:
-    # "bmm" measured fastest (or within noise of the fastest) at every benchmark shape on
-    # the CPU, for inference and training alike: it issues the fewest kernels and autograd
-    # differentiates it with the same GEMMs "fused" writes out by hand, at a lower fixed
-    # cost per step than a Python backward (benchmarks/NOTES.md). Under torch.compile it
-    # is also the right graph: plain batched GEMMs, nothing opaque.
-    del x, factors, outs, ins, rank  # the choice does not depend on them (yet)
-    return "bmm"
+    if len(factors) == 1 or _tracing():
+        # One factor is the weight itself; under tracing the plain chain is the graph
+        # (batched GEMMs, nothing opaque or stateful).
+        return "bmm"
+    from torchkron import _cost
+
+    batch = int(x.shape[0])
+    train = torch.is_grad_enabled() and (x.requires_grad or any(f.requires_grad for f in factors))
+    elt = x.element_size()
+    out_f, in_f = math.prod(outs), math.prod(ins)
+    plan = _chain_plan(tuple(outs), tuple(ins), rank)
+    steps = [(s.pre, s.k, s.m, s.post) for s in plan.steps]
+    repeats = 1 if plan.joint or rank == 1 else rank
+    triton_ok = x.device.type == "cuda" and _triton_unavailable(factors) is None
+    costs = _cost.plan_costs(
+        _cost.calibration(x.device.type),
+        batch,
+        steps,
+        repeats,
+        outs,
+        ins,
+        rank,
+        elt,
+        train,
+        triton_ok,
+        kron_flops(outs, ins, rank),
+    )
+    options = {"bmm": costs.chain, "triton": costs.triton}
+    if out_f * in_f * elt <= _MATERIALIZE_MAX_BYTES:
+        cached = not train and _cacheable(factors)
+        options["materialize"] = costs.cached if cached else costs.materialize
+    return min(options, key=lambda k: (options[k], k != "bmm"))
