@@ -153,6 +153,11 @@ class _Mat(NamedTuple):
         return _Mat(self.t, self.sb, self.s1, self.s0)
 
 
+def _dot_f32(dtype: torch.dtype) -> bool:
+    # Work around the interpreter's wrong bfloat16 dot (see _triton_kernels.mma).
+    return dtype == torch.bfloat16 and _interpreting()
+
+
 def _prec(dtype: torch.dtype) -> str:
     # float32 follows torch's own matmul setting (off by default: full fp32 like cuBLAS).
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
@@ -210,6 +215,7 @@ def _launch_forward(x2: Tensor, a: Tensor, b: Tensor, bias: Tensor | None) -> Te
         *sizes,
         HAS_BIAS=bias is not None,
         PREC=_prec(x2.dtype),
+        DOT_F32=_dot_f32(x2.dtype),
         **blocks,
     )
     return y
@@ -308,6 +314,7 @@ def _launch_backward(
             VBP=v_blocks[0], VBS=v_blocks[1], VBT=v_blocks[2], VBQ=v_blocks[3],
             GBP=gb_blocks[0], GBQ=gb_blocks[1],
             PREC=_prec(dtype),
+            DOT_F32=_dot_f32(dtype),
         )  # fmt: skip
     if not (need_a or need_b or need_bias):
         return dx, None, None, None

@@ -13,6 +13,18 @@ import triton.language as tl
 
 
 @triton.jit
+def mma(a, b, acc, PREC: tl.constexpr, DOT_F32: tl.constexpr):
+    # acc += a @ b. DOT_F32 (set only under TRITON_INTERPRET=1 for bfloat16) upcasts the
+    # operands first: the interpreter's bfloat16 dot returns garbage (triton 3.9), while
+    # loads, stores and casts are right, so the kernels' logic is still what is tested.
+    if DOT_F32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee",
+                      out_dtype=acc.dtype)  # fmt: skip
+    else:
+        return tl.dot(a, b, acc, input_precision=PREC, out_dtype=acc.dtype)
+
+
+@triton.jit
 def chain_tile(
     b,
     pid_p,
@@ -47,6 +59,7 @@ def chain_tile(
     BS: tl.constexpr,
     BQ: tl.constexpr,
     PREC: tl.constexpr,
+    DOT_F32: tl.constexpr,
 ):
     # One (BP, BQ) tile of Y_b = sum_r A_r @ (X_b @ C_r): A_r (P, T), X_b (T, S),
     # C_r (S, Q). The (BT, BQ) intermediate never leaves registers.
@@ -72,14 +85,14 @@ def chain_tile(
                     mask=(rs[:, None] < S) & (rq[None, :] < Q),
                     other=0.0,
                 )
-                inter = tl.dot(xt, ct, inter, input_precision=PREC, out_dtype=acc_dt)
+                inter = mma(xt, ct, inter, PREC, DOT_F32)
             at = tl.load(
                 a_ptr + r * sar + rp[:, None] * sap + rt[None, :] * sat,
                 mask=(rp[:, None] < P) & (rt[None, :] < T),
                 other=0.0,
             )
             # Rounded to the input dtype, as the unfused path stores it.
-            acc = tl.dot(at, inter.to(dt), acc, input_precision=PREC, out_dtype=acc_dt)
+            acc = mma(at, inter.to(dt), acc, PREC, DOT_F32)
     if HAS_BIAS:
         bt = tl.load(
             bias_ptr + rp[:, None] * sbp + rq[None, :] * sbq,
@@ -125,6 +138,7 @@ def wgrad_tile(
     BT: tl.constexpr,
     BQ: tl.constexpr,
     PREC: tl.constexpr,
+    DOT_F32: tl.constexpr,
 ):
     # One (BP, BQ) tile of sum_{b_lo <= b < b_hi} (L_b @ M_r) @ N_b: L_b (P, S),
     # M_r (S, T), N_b (T, Q); written unreduced (float32/64) to the workspace.
@@ -152,13 +166,13 @@ def wgrad_tile(
                     mask=(rs[:, None] < S) & (rt[None, :] < T),
                     other=0.0,
                 )
-                inter = tl.dot(lt, mt, inter, input_precision=PREC, out_dtype=acc_dt)
+                inter = mma(lt, mt, inter, PREC, DOT_F32)
             nt = tl.load(
                 n_b + rt[:, None] * snt + rq[None, :] * snq,
                 mask=(rt[:, None] < T) & (rq[None, :] < Q),
                 other=0.0,
             )
-            acc = tl.dot(inter.to(dt), nt, acc, input_precision=PREC, out_dtype=acc_dt)
+            acc = mma(inter.to(dt), nt, acc, PREC, DOT_F32)
     tl.store(
         w_ptr + rp[:, None] * swp + rq[None, :] * swq,
         acc,
@@ -200,6 +214,7 @@ def forward_kernel(
     BS: tl.constexpr,
     BQ: tl.constexpr,
     PREC: tl.constexpr,
+    DOT_F32: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = pid // TILES_PQ
@@ -208,7 +223,7 @@ def forward_kernel(
         b, tile // TILES_Q, tile % TILES_Q,
         x_ptr, sxb, sxt, sxs, a_ptr, sar, sap, sat, c_ptr, scr, scs, scq,
         y_ptr, syb, syp, syq, bias_ptr, sbp, sbq, R, P, T, S, Q,
-        HAS_BIAS, BP, BT, BS, BQ, PREC,
+        HAS_BIAS, BP, BT, BS, BQ, PREC, DOT_F32,
     )  # fmt: skip
 
 
@@ -233,6 +248,7 @@ def backward_kernel(
     VBP: tl.constexpr, VBS: tl.constexpr, VBT: tl.constexpr, VBQ: tl.constexpr,
     GBP: tl.constexpr, GBQ: tl.constexpr,
     PREC: tl.constexpr,
+    DOT_F32: tl.constexpr,
 ):  # fmt: skip
     # One launch for the whole backward: the first N_U and N_V programs compute the
     # factor gradients (each sums a chunk of rows, so they run longest and start first),
@@ -250,7 +266,7 @@ def backward_kernel(
             b_lo, b_hi, r, tile // U_TILES_Q, tile % U_TILES_Q,
             ul_ptr, ulsb, ulsp, ulss, um_ptr, umsr, ums, umt, un_ptr, unsb, unst, unsq,
             w_ptr + split.to(tl.int64) * W_SPLIT_STRIDE + U_OFF + r * U_R_STRIDE,
-            UQ, 1, UP, US, UT, UQ, UBP, UBS, UBT, UBQ, PREC,
+            UQ, 1, UP, US, UT, UQ, UBP, UBS, UBT, UBQ, PREC, DOT_F32,
         )  # fmt: skip
     elif pid < N_U + N_V:
         q = pid - N_U
@@ -264,7 +280,7 @@ def backward_kernel(
             b_lo, b_hi, r, tile // V_TILES_Q, tile % V_TILES_Q,
             vl_ptr, vlsb, vlsp, vlss, vm_ptr, vmsr, vms, vmt, vn_ptr, vnsb, vnst, vnsq,
             w_ptr + split.to(tl.int64) * W_SPLIT_STRIDE + V_OFF + r * V_R_STRIDE,
-            VQ, 1, VP, VS, VT, VQ, VBP, VBS, VBT, VBQ, PREC,
+            VQ, 1, VP, VS, VT, VQ, VBP, VBS, VBT, VBQ, PREC, DOT_F32,
         )  # fmt: skip
     elif pid < N_U + N_V + N_GB:
         q = pid - N_U - N_V
@@ -294,5 +310,5 @@ def backward_kernel(
             b, tile // D_TILES_Q, tile % D_TILES_Q,
             g_ptr, gsb, gst, gss, da_ptr, dsar, dsap, dsat, dc_ptr, dscr, dscs, dscq,
             dx_ptr, dxsb, dxsp, dxsq, dx_ptr, 0, 0, DR, DP, DT, DS, DQ,
-            False, DBP, DBT, DBS, DBQ, PREC,
+            False, DBP, DBT, DBS, DBQ, PREC, DOT_F32,
         )  # fmt: skip
