@@ -401,13 +401,11 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def device_slug(device: torch.device) -> str:
+    """``cpu`` or ``cuda-<card>`` (e.g. ``cuda-nvidia-h200``): the result files' suffix."""
     if device.type != "cuda":
         return device.type
-    text = torch.cuda.get_device_name(device)
-    slug = "-".join(
-        p for p in "".join(c.lower() if c.isalnum() else "-" for c in text).split("-") if p
-    )
-    return f"cuda-{slug}"
+    text = "".join(c.lower() if c.isalnum() else " " for c in torch.cuda.get_device_name(device))
+    return "cuda-" + "-".join(text.split())
 
 
 # --------------------------------------------------------------------------------------
