@@ -144,6 +144,33 @@ def test_half_precision(dtype):
         assert err < tol * float(g_want.abs().max())
 
 
+def test_kernels_compile_for_sm90_without_spills():
+    # The interpreter runs no compiler: this catches what only Triton's compiler rejects
+    # (it once did: a name typed int32 in one branch and int64 in another) and register
+    # spills. Needs the ptxas in the triton wheel, not a GPU.
+    if not HAS_TRITON:
+        pytest.skip("needs triton")
+    code = (
+        "import json, torch\n"
+        "from benchmarks.gpu_compile_check import compile_case\n"
+        "rows = compile_case(((32, 32), (32, 32)), 2, torch.bfloat16)\n"
+        "print(json.dumps(rows))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+    )
+    if out.returncode != 0 and "ptxas" in out.stderr:
+        pytest.skip(f"no CUDA toolchain in this triton: {out.stderr[-200:]}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    assert [r["kernel"] for r in rows] == ["forward_kernel", "backward_kernel"]
+    for r in rows:
+        assert r["REG"] <= 255
+        assert r.get("STACK", 0) == 0, r
+
+
 # ---- what needs no kernel -------------------------------------------------------------
 
 

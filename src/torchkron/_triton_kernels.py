@@ -304,7 +304,9 @@ def backward_kernel(
         tl.store(w_s + rp[:, None] * G_COLS + rq[None, :], acc, mask=mask)
     else:
         q = pid - N_U - N_V - N_GB
-        b = q // D_TILES_PQ
+        # int64 like the loop variable b of the branches above: Triton types a name
+        # assigned in several branches of one if/elif chain alike.
+        b = (q // D_TILES_PQ).to(tl.int64)
         tile = q % D_TILES_PQ
         chain_tile(
             b, tile // D_TILES_Q, tile % D_TILES_Q,
