@@ -16,7 +16,8 @@
 # <card> is the name torch reports, e.g. cuda-nvidia-h200. Each part runs under its own
 # timeout and a failing part does not stop the next; the benchmark writes its JSON after
 # every shape, so a run cut short still leaves results. Time limits (seconds) can be
-# changed through CHECK_TIMEOUT, BENCH_TIMEOUT and BENCH_BUDGET.
+# changed through CHECK_BUDGET, CHECK_TIMEOUT, BENCH_BUDGET and BENCH_TIMEOUT
+# (worst case with the defaults: about 10 + 150 + 290 s, 7.5 minutes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,15 +44,17 @@ export PYTHONUNBUFFERED=1
 if [ "$DRY" = 1 ]; then
     export TRITON_INTERPRET=1  # the kernels run in Triton's CPU interpreter, tiny sizes
     DEV_ARGS=(--device cpu --quick)
+    CHECK_ARGS=()
     BENCH_ARGS=(--target 0.001 --reps 1 --budget 120)
     CHECK_TIMEOUT="${CHECK_TIMEOUT:-300}"
     BENCH_TIMEOUT="${BENCH_TIMEOUT:-300}"
     SLUG=cpu
 else
     DEV_ARGS=(--device cuda)
-    BENCH_ARGS=(--budget "${BENCH_BUDGET:-270}")
-    CHECK_TIMEOUT="${CHECK_TIMEOUT:-90}"
-    BENCH_TIMEOUT="${BENCH_TIMEOUT:-320}"
+    CHECK_ARGS=(--budget "${CHECK_BUDGET:-120}")
+    BENCH_ARGS=(--budget "${BENCH_BUDGET:-250}")
+    CHECK_TIMEOUT="${CHECK_TIMEOUT:-150}"
+    BENCH_TIMEOUT="${BENCH_TIMEOUT:-290}"
     SLUG=$("$PYTHON" -c "import torch; n = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'; print('cuda-' + '-'.join(''.join(c.lower() if c.isalnum() else ' ' for c in n).split()))" 2>/dev/null || echo cuda-unknown)
 fi
 
@@ -89,12 +92,12 @@ cat "$ENV_FILE"
 
 status=0
 echo "== correctness (timeout ${CHECK_TIMEOUT}s)"
-timeout "$CHECK_TIMEOUT" "$PYTHON" benchmarks/gpu_check.py "${DEV_ARGS[@]}" --out "$OUT_DIR" \
+timeout "$CHECK_TIMEOUT" "$PYTHON" benchmarks/gpu_check.py ${DEV_ARGS[@]+"${DEV_ARGS[@]}"} ${CHECK_ARGS[@]+"${CHECK_ARGS[@]}"} --out "$OUT_DIR" \
     2>&1 | tee "$OUT_DIR/gpu-check-$SLUG.log"
 rc=${PIPESTATUS[0]}; [ "$rc" = 0 ] || { echo "gpu_check exited $rc"; status=1; }
 
 echo "== benchmark (timeout ${BENCH_TIMEOUT}s)"
-timeout "$BENCH_TIMEOUT" "$PYTHON" benchmarks/gpu_bench.py "${DEV_ARGS[@]}" "${BENCH_ARGS[@]}" \
+timeout "$BENCH_TIMEOUT" "$PYTHON" benchmarks/gpu_bench.py ${DEV_ARGS[@]+"${DEV_ARGS[@]}"} ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} \
     --out "$OUT_DIR" "$@" 2>&1 | tee "$OUT_DIR/gpu-bench-$SLUG.log"
 rc=${PIPESTATUS[0]}; [ "$rc" = 0 ] || { echo "gpu_bench exited $rc"; status=1; }
 

@@ -526,10 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", default=None, help="comma-separated names (default all)")
     parser.add_argument("--contenders", default=None, help="comma-separated (default all)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes: a dry run")
-    parser.add_argument("--target", type=float, default=0.02, help="seconds per timed run")
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--target", type=float, default=0.015, help="seconds per timed run")
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-graphs", action="store_true")
-    parser.add_argument("--budget", type=float, default=330.0, help="seconds for the run")
+    parser.add_argument("--budget", type=float, default=250.0, help="seconds for the run")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="the first few cases only")
+    parser.add_argument("--budget", type=float, default=1e9, help="seconds; then skip the rest")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -131,16 +132,26 @@ def main(argv: list[str] | None = None) -> int:
         impls.append("fastkron")
     except Exception:
         pass
-    names = [*impls, *(["triton-direct"] if triton_ok else [])]
-    print(f"gpu_check on {device}: impls {names}; triton available: {triton_ok}", flush=True)
+    print(f"gpu_check on {device}: impls {impls}; triton kernels usable: {triton_ok}", flush=True)
     cases = QUICK_CASES if args.quick else CASES
     plan: list[tuple[Any, ...]] = [(s, r, lead, n, torch.float64) for s, r, lead in cases
-                                   for n in names]  # fmt: skip
+                                   for n in impls]  # fmt: skip
     if triton_ok:
-        plan += [(s, r, lead, "triton-direct", torch.float32) for s, r, lead in cases]
+        # Each new (sizes, dtype) compiles a forward and a backward kernel (seconds each),
+        # so under --budget the most telling cases go first: float64 at the benchmark's
+        # factor sizes, bfloat16 at tensor-core sizes, float32, float16, then the rest.
+        two = [c for c in cases if len(c[0]) == 2]
+        key = [c for c in two if c[0] in ([(64, 64), (64, 64)], [(64, 32), (48, 24)],
+                                          [(25, 28), (25, 28)], [(2, 66), (70, 3)])]  # fmt: skip
         half = HALF_CASES if device.type == "cuda" else [([(5, 6), (7, 3)], 2, (4,))]
-        for dt in (torch.bfloat16, torch.float16):
-            plan += [(s, r, lead, "triton-direct", dt) for s, r, lead in half]
+        triton_plan = [
+            *[(c, torch.float64) for c in key],
+            *[(c, torch.bfloat16) for c in half[:3]],
+            *[(c, torch.float32) for c in two[:3]],
+            *[(c, torch.float16) for c in half[:1]],
+            *[(c, torch.float64) for c in two if c not in key],
+        ]
+        plan += [(s, r, lead, "triton-direct", dt) for (s, r, lead), dt in triton_plan]
     results = []
     bad = 0
     t0 = time.monotonic()
@@ -153,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(rec)
             continue
         if name == "fastkron" and dtype not in (torch.float32, torch.float64):
+            continue
+        if time.monotonic() - t0 > args.budget:
+            rec["status"] = "not run (time budget)"
+            results.append(rec)
             continue
         try:
             errs = check(shapes, rank, lead, name, dtype, device)

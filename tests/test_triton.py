@@ -8,6 +8,7 @@ the GPU, the half-precision case at a tensor-core size.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -164,7 +165,7 @@ def test_kernels_compile_for_sm90_without_spills():
     if out.returncode != 0 and "ptxas" in out.stderr:
         pytest.skip(f"no CUDA toolchain in this triton: {out.stderr[-200:]}")
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
     assert [r["kernel"] for r in rows] == ["forward_kernel", "backward_kernel"]
     for r in rows:
         assert r["REG"] <= 255
@@ -281,3 +282,20 @@ def test_block_sizes_are_powers_of_two_within_bounds():
         64,
         64,
     ]
+
+
+def test_gpu_bench_dry_run_writes_json_and_markdown(tmp_path):
+    # The GPU benchmark's CPU mode: the script itself runs end to end (no timing asserted).
+    from benchmarks import gpu_bench
+
+    argv = ["--device", "cpu", "--quick", "--shapes", "quick-2f", "--out", str(tmp_path),
+            "--contenders", "dense,materialize,bmm,torchkron:nope", "--dtype", "float32",
+            "--target", "0.0001", "--reps", "1", "--no-graphs"]  # fmt: skip
+    assert gpu_bench.main(argv) == 0
+    doc = json.loads((tmp_path / "gpu-bench-cpu-quick.json").read_text())
+    status = {(r["contender"], r["mode"]): r["status"] for r in doc["results"]}
+    assert status[("dense", "train")] == "ok"
+    assert status[("bmm", "forward")] == "ok"
+    assert status[("torchkron:nope", "forward")] == "skipped"
+    md = (tmp_path / "gpu-bench-cpu-quick.md").read_text()
+    assert "| quick-2f |" in md
