@@ -3,6 +3,8 @@
 #
 #   bash benchmarks/gpu.sh [OUT_DIR] [gpu_bench options]  # on the GPU (at most ~7 minutes)
 #   bash benchmarks/gpu.sh --dry-run [OUT_DIR]            # CPU smoke test of the scripts
+#   bash benchmarks/gpu.sh --suite [bench options]        # only the main suite on CUDA
+#                                  (torchkron bench, float32 and bfloat16, as before)
 #
 # OUT_DIR defaults to $OUT (the device tool's output folder) or benchmarks/results.
 # Writes there:
@@ -22,9 +24,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 DRY=0
+SUITE=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
+if [ "${1:-}" = "--suite" ]; then SUITE=1; shift; fi
 OUT_DIR="${OUT:-benchmarks/results}"
-if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then OUT_DIR="$1"; shift; fi  # the rest: gpu_bench
+if [ "$SUITE" = 0 ] && [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then OUT_DIR="$1"; shift; fi  # the rest: gpu_bench
 mkdir -p "$OUT_DIR"
 
 # The project's venv if it has a CUDA torch (or for the dry run), else the machine's
@@ -40,6 +44,12 @@ fi
 # Run from the source tree; no install needed (torchkron needs only torch and numpy).
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+
+if [ "$SUITE" = 1 ]; then
+    # The main suite (writes bench-cuda-<card>.{json,md}); extra arguments go to it.
+    exec "$PYTHON" -m torchkron.experiments.bench \
+        --device cuda --dtype float32,bfloat16 --out "$OUT_DIR" "$@"
+fi
 
 if [ "$DRY" = 1 ]; then
     export TRITON_INTERPRET=1  # the kernels run in Triton's CPU interpreter, tiny sizes
