@@ -21,17 +21,31 @@ from tests.reference import random_factors, reference_weight
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 ON_CUDA = torch.cuda.is_available()
 if HAS_TRITON and not ON_CUDA:
-    # Must precede the first kernel build (triton.jit reads it when decorating).
+    # Normally done by conftest.py: it must precede the first import of triton.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from torchkron import _triton  # noqa: E402
 from torchkron._triton import is_available, kron_linear_triton, unsupported_reason  # noqa: E402
 
 DEVICE = torch.device("cuda" if ON_CUDA else "cpu")
-needs_kernels = pytest.mark.skipif(
-    not (HAS_TRITON and (ON_CUDA or os.environ.get("TRITON_INTERPRET") == "1")),
-    reason="needs triton with CUDA or its interpreter (pip install 'torchkron[triton]')",
-)
+
+
+def _kernels_runnable() -> str | None:
+    """Why the kernels cannot run in this process, or None."""
+    if not HAS_TRITON:
+        return "needs triton (pip install 'torchkron[triton]')"
+    if ON_CUDA:
+        return None
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return "no CUDA and TRITON_INTERPRET is not 1"
+    import triton.language.standard
+
+    if type(triton.language.standard.zeros).__name__ != "InterpretedFunction":
+        return "triton was imported before TRITON_INTERPRET=1 was set (see conftest.py)"
+    return None
+
+
+needs_kernels = pytest.mark.skipif(_kernels_runnable() is not None, reason=str(_kernels_runnable()))
 
 
 def _reference(x: torch.Tensor, factors: list[torch.Tensor], bias: torch.Tensor | None):
