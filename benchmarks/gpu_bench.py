@@ -460,6 +460,8 @@ def goals(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(doc: dict[str, Any]) -> str:
     env = doc["environment"]
     names = doc["config"]["contenders"]
+    cpu = str(env.get("device", "")).startswith("cpu")
+    clock = "perf_counter: a CPU dry run, not a GPU measurement" if cpu else "CUDA events"
     lines = [
         "# GPU benchmark: nn.Linear, materialise-then-GEMM, kron_linear, Triton",
         "",
@@ -467,8 +469,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"CUDA {env.get('cuda')}, triton {env.get('triton')}; git {env.get('git_sha')}",
         f"- {env.get('started')} .. {doc.get('finished')}; TF32 matmul: "
         f"{env.get('allow_tf32_matmul')}",
-        "- medians of timed runs between CUDA events (warm); `graph`: the same step captured "
-        "once as a CUDA graph and replayed; train = forward + backward into input, factors, bias",
+        f"- medians of timed runs ({clock}, warm); `graph`: the same step captured once as a "
+        "CUDA graph and replayed; train = forward + backward into input, factors, bias",
         "- `xdense` = nn.Linear time / fastest factored contender's time (> 1: factored faster)",
         "",
     ]
