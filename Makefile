@@ -12,6 +12,8 @@ DATA_DIR      ?= $(if $(wildcard ../shared/data/mnist),../shared/data/mnist,)
 # Optional contender/back end, installed without its declared torchvision dependency
 # (it imports and runs without it); empty to skip.
 FASTKRON      ?= pyfastkron==1.1.0
+# Triton for the fused kernels' tests (run in its CPU interpreter here); empty to skip.
+TRITON        ?= triton==3.9.0
 ARGS          ?=
 
 BIN   := $(VENV)/bin
@@ -32,6 +34,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),) "torch==$(TORCH_VERSION)"
 	$(PIP) install --quiet -c $(VENV)/constraints.txt -e ".[$(EXTRAS)]"
 	$(if $(FASTKRON),$(PIP) install --quiet --no-deps -c $(VENV)/constraints.txt "$(FASTKRON)",)
+	$(if $(TRITON),$(PIP) install --quiet -c $(VENV)/constraints.txt "$(TRITON)",)
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
