@@ -74,16 +74,26 @@ def prime_factors(n: int) -> list[int]:
     """Prime factors of ``n >= 1`` with multiplicity, ascending (``[]`` for 1)."""
     if n < 1:
         raise ValueError(f"prime_factors: n must be a positive integer, got {n}.")
+    return list(_prime_factors(n))
+
+
+@functools.lru_cache(maxsize=4096)
+def _prime_factors(n: int) -> tuple[int, ...]:
+    # Trial division by 2, then odd numbers: a 32-bit prime takes ~23k steps (cached,
+    # because planning and error messages factor the same sizes many times).
     out: list[int] = []
-    p = 2
+    while n % 2 == 0:
+        out.append(2)
+        n //= 2
+    p = 3
     while p * p <= n:
         while n % p == 0:
             out.append(p)
             n //= p
-        p += 1
+        p += 2
     if n > 1:
         out.append(n)
-    return out
+    return tuple(out)
 
 
 def format_primes(n: int) -> str:
@@ -142,8 +152,7 @@ def _balanced(n: int, k: int, what: str) -> tuple[int, ...]:
     """The split of ``n`` into ``k`` factors > 1 whose logs are closest to equal."""
     if k == 1:
         return (n,)
-    options = list(factorizations(n, k))
-    if not options:
+    if len(prime_factors(n)) < k:
         primes = prime_factors(n)
         why = (
             f"{n} is prime"
@@ -157,8 +166,42 @@ def _balanced(n: int, k: int, what: str) -> tuple[int, ...]:
             f"size that splits (nearest: {near}), or pass explicit shapes such as "
             f"[(out_1, 1), (out_2, {n})]."
         )
+    return _most_balanced(n, k)
+
+
+def _most_balanced(n: int, k: int) -> tuple[int, ...]:
+    """``min(factorizations(n, k), key=(score, factors))`` by branch and bound.
+
+    ``score`` is ``sum (log f - log(n) / k)**2``. A partial split whose remainder ``m``
+    still needs ``j`` factors scores at least ``j * (log(m) / j - target)**2`` more (equal
+    logs minimise a sum of squares with a fixed sum), so most branches are cut: highly
+    composite sizes have too many factorisations to list them all.
+    """
     target = math.log(n) / k
-    return min(options, key=lambda fs: (sum((math.log(f) - target) ** 2 for f in fs), fs))
+    best: list[tuple[float, tuple[int, ...]]] = []
+
+    def rec(m: int, parts: int, cap: int, prefix: tuple[int, ...], partial: float) -> None:
+        if parts == 1:
+            if 2 <= m <= cap:
+                fs = (*prefix, m)
+                key = (sum((math.log(f) - target) ** 2 for f in fs), fs)
+                if not best or key < best[0]:
+                    best[:] = [key]
+            return
+        for d in reversed(_divisors(m)):
+            if d > cap:
+                continue
+            if d < 2 or d**parts < m:  # descending: every later divisor fails too
+                break
+            cost = partial + (math.log(d) - target) ** 2
+            rest = parts - 1
+            bound = cost + rest * (math.log(m // d) / rest - target) ** 2
+            if best and bound > best[0][0] + 1e-9:
+                continue
+            rec(m // d, rest, d, (*prefix, d), cost)
+
+    rec(n, k, n, (), 0.0)
+    return best[0][1]
 
 
 def factor_shapes(in_features: int, out_features: int, num_factors: int = 2) -> FactorShapes:
