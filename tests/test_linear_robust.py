@@ -324,7 +324,8 @@ def test_load_dense_sets_the_nearest_factors():
     torch.testing.assert_close(layer.weight, torch.kron(a, b))
     torch.testing.assert_close(layer.bias, bias, rtol=0, atol=0)
     with pytest.raises(
-        ValueError, match=_exact("KronLinear.load_dense: weight must have shape (8, 16), got (16, 8).")
+        ValueError,
+        match=_exact("KronLinear.load_dense: weight must have shape (8, 16), got (16, 8)."),
     ):
         layer.load_dense(torch.zeros(16, 8))
 

@@ -59,7 +59,7 @@ def check_positive_int(value: object, name: str, caller: str) -> int:
             f"{caller}: {name} must be a positive int, got {value!r} (bool); pass an int."
         )
     try:
-        number = operator.index(value)  # type: ignore[call-overload]
+        number = operator.index(value)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(
             f"{caller}: {name} must be a positive int, got {value!r} "
@@ -246,7 +246,8 @@ def check_shapes(
         ValueError: if a size is below 1 or the products do not match the layer.
     """
     example = f"e.g. shapes={factor_example(in_features, out_features)}"
-    if isinstance(shapes, (str, bytes)) or not isinstance(shapes, Sequence):
+    raw: object = shapes  # callers pass anything; check it before trusting the annotation
+    if isinstance(raw, (str, bytes)) or not isinstance(raw, Sequence):
         raise TypeError(
             f"{caller}: shapes must be a list of (out_i, in_i) pairs of ints, got "
             f"{shapes!r} ({type(shapes).__name__}); {example}."
@@ -286,7 +287,7 @@ def check_shapes(
 
 def _is_index(value: object) -> bool:
     try:
-        operator.index(value)  # type: ignore[call-overload]
+        operator.index(value)  # type: ignore[arg-type]
     except TypeError:
         return False
     return True
@@ -382,7 +383,7 @@ def check_rank(rank: object, caller: str) -> int:
             f"{caller}: rank must be an int >= 1, got {rank!r} ({type(rank).__name__}); "
             f"pass the number of summed Kronecker products, e.g. rank=4."
         )
-    value = operator.index(rank)  # type: ignore[call-overload]
+    value = operator.index(rank)  # type: ignore[arg-type]
     if value < 1:
         raise ValueError(f"{caller}: rank must be an int >= 1, got {value}.")
     return int(value)

@@ -199,10 +199,8 @@ def test_highly_composite_sizes_are_counted_and_the_best_shown(capsys):
         "",
         "k  factor shapes (out x in)             weights  FLOPs/sample     compression  "
         "tieable  default",
-        "4  429x2 (x) 420x2 (x) 2x429 (x) 2x420    3,396     5,792,640  152,955,629.7x"
-        "       no",
-        "4  429x2 (x) 280x3 (x) 3x280 (x) 2x429    3,396     5,806,080  152,955,629.7x"
-        "       no",
+        "4  429x2 (x) 420x2 (x) 2x429 (x) 2x420    3,396     5,792,640  152,955,629.7x       no",
+        "4  429x2 (x) 280x3 (x) 3x280 (x) 2x429    3,396     5,806,080  152,955,629.7x       no",
         "",
         "k = 1 is the dense layer itself. * marks the balanced default of "
         "KronLinear(num_factors=k) for that k.",
@@ -210,9 +208,13 @@ def test_highly_composite_sizes_are_counted_and_the_best_shown(capsys):
     assert main(["plan", "720720", "720720"]) == 0  # default --top 100
     assert len(capsys.readouterr().out.splitlines()) == 2 + 1 + 100 + 2
     assert main(["plan", "720720", "720720", "--all"]) == 2
-    assert capsys.readouterr().err.strip().endswith(
-        "--all would list 166,782,267 factorisations (at most 100,000); use --top M for the "
-        "M cheapest, or fewer --factors."
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            "--all would list 166,782,267 factorisations (at most 100,000); use --top M for the "
+            "M cheapest, or fewer --factors."
+        )
     )
 
 
@@ -234,8 +236,10 @@ def test_largest_32_bit_sizes_answer(capsys):
         "31 * 151 * 331, 2147483648 = 2^31."
     )
     assert main(["plan", str(2**32 + 1), "16"]) == 2
-    assert capsys.readouterr().err.strip().endswith(
-        "IN must be at most 2**32 = 4,294,967,296, got 4,294,967,297."
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("IN must be at most 2**32 = 4,294,967,296, got 4,294,967,297.")
     )
 
 

@@ -243,6 +243,15 @@ def _partitions(k: int, largest: int | None = None) -> Iterator[tuple[int, ...]]
             yield (first, *rest)
 
 
+def _above_one(n: int, cycles: tuple[int, ...]) -> int:
+    """Ordered ``(a_j >= 2)`` with ``prod a_j ** cycles[j] == n`` (inclusion-exclusion)."""
+    count = 0
+    for forced in itertools.product((False, True), repeat=len(cycles)):
+        free = tuple(c for c, f in zip(cycles, forced, strict=True) if not f)
+        count += (-1 if sum(forced) % 2 else 1) * _tuples(n, free)
+    return count
+
+
 def _count_k(in_features: int, out_features: int, k: int, allow_ones: bool) -> int:
     """Distinct ``k``-factor shape lists (up to factor order), by Burnside's lemma.
 
@@ -267,15 +276,7 @@ def _count_k(in_features: int, out_features: int, k: int, allow_ones: bool) -> i
                 sign = -1 if sum(forced) % 2 else 1
                 fixed += sign * _tuples(out_features, free) * _tuples(in_features, free)
         else:
-
-            def above_one(n: int) -> int:
-                count = 0
-                for forced in itertools.product((False, True), repeat=m):
-                    free = tuple(c for c, f in zip(cycle_type, forced, strict=True) if not f)
-                    count += (-1 if sum(forced) % 2 else 1) * _tuples(n, free)
-                return count
-
-            fixed = above_one(out_features) * above_one(in_features)
+            fixed = _above_one(out_features, cycle_type) * _above_one(in_features, cycle_type)
         total += perms * fixed
     return total // math.factorial(k)
 
@@ -291,9 +292,9 @@ def _tied_shapes(in_features: int, out_features: int, k: int, allow_ones: bool) 
 
 
 def _int_root(n: int, k: int) -> int | None:
-    r = round(n ** (1.0 / k))
+    r = int(math.exp(math.log(n) / k) + 0.5)
     for c in (r - 1, r, r + 1):
-        if c >= 1 and c**k == n:
+        if c >= 1 and int(c) ** k == n:
             return c
     return None
 
@@ -342,7 +343,7 @@ class _Best:
         return self.top is not None and len(self.heap) >= self.top
 
     def worst_weights(self) -> float:
-        return min(self.cutoff, -self.heap[0][0][0] if self.full() else math.inf)
+        return min(self.cutoff, float(-self.heap[0][0][0]) if self.full() else math.inf)
 
     def push(self, row: PlanRow) -> None:
         if row.shapes in self.shapes:
@@ -398,13 +399,13 @@ def _search(
 
     def window(area: int, pq: float, j: int, cap_d: int) -> tuple[float, float]:
         """Areas ``d`` the next pair may have: ``d**j >= P Q``, bound within budget."""
-        low = pq ** (1.0 / j)
+        low = math.exp(math.log(pq) / j)
         high = float(cap_d)
         budget = best.worst_weights() / rank - area
         if math.isfinite(budget):
 
             def need(d: float) -> float:  # least total of this pair and the rest
-                return d + (j - 1) * (pq / d) ** (1.0 / (j - 1))
+                return d + (j - 1) * math.exp(math.log(pq / d) / (j - 1))
 
             # need() increases for d >= low; bisect (in log space) for need(d) = budget.
             lo_d, hi_d = low, max(low, min(high, budget))
@@ -510,9 +511,7 @@ def layer_plans(
         )
     if top is not None and top < 1:
         raise ValueError(f"layer_plans: top must be at least 1 (or None for all), got {top}.")
-    total = count_plans(
-        in_features, out_features, max_factors, tied=tied, allow_ones=allow_ones
-    )
+    total = count_plans(in_features, out_features, max_factors, tied=tied, allow_ones=allow_ones)
     if top is None and total > MAX_ALL_ROWS:
         raise ValueError(
             f"layer_plans: {in_features} -> {out_features} has {total:,} factorisations into "
