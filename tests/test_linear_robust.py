@@ -228,6 +228,7 @@ def test_constructor_keeps_a_too_large_rank_and_warns():
     assert layer.factor_0.shape == (9, 4, 4)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_jit_script_raises_and_points_to_the_alternatives():
     msg = (
         "KronLinear does not support torch.jit.script (its forward dispatches to custom "
