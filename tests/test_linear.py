@@ -15,6 +15,8 @@ from torch import nn
 from torchkron import KronLinear
 
 
+# Random shapes often have a maximal rank below 3 (e.g. a 1 x 1 factor): that warns.
+@pytest.mark.filterwarnings("ignore:KronLinear. rank=.* is above the largest useful rank")
 @given(
     shapes=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 4)), min_size=1, max_size=4),
     rank=st.integers(1, 3),
@@ -81,6 +83,7 @@ def test_tied_is_one_parameter_with_gradient_from_every_position():
         (100, 10, {"shapes": [(10, 100)], "rank": 3}),
     ],
 )
+@pytest.mark.filterwarnings("ignore:KronLinear. rank=3 is above the largest useful rank 1")
 def test_init_variance_matches_nn_linear(in_f, out_f, kwargs):
     # Pool every weight entry over many seeds; nn.Linear's default has var 1 / (3 in).
     # Small layers have few random numbers per seed, so they need more seeds.

@@ -7,8 +7,12 @@ of a matrix in Frobenius norm (:func:`nearest_kronecker`).
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
+import warnings
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -17,11 +21,15 @@ from torchkron.functional import kron_weight
 
 __all__ = [
     "FactorShapes",
+    "RankClippedWarning",
+    "SvdMethod",
+    "check_positive_int",
     "check_shapes",
     "factor_shapes",
     "factorizations",
     "format_primes",
     "layer_factorizations",
+    "max_kronecker_rank",
     "nearest_factorable",
     "nearest_kronecker",
     "prime_factors",
@@ -30,21 +38,62 @@ __all__ = [
 FactorShapes = list[tuple[int, int]]
 """Factor shapes ``[(out_1, in_1), ..., (out_k, in_k)]``, as ``nn.Linear`` orients them."""
 
+SvdMethod = Literal["auto", "full", "randomized"]
+"""How :func:`nearest_kronecker` computes its SVDs (see there)."""
+
+
+class RankClippedWarning(UserWarning):
+    """A requested rank was above :func:`max_kronecker_rank` and was lowered to it."""
+
+
+def check_positive_int(value: object, name: str, caller: str) -> int:
+    """``value`` as a plain ``int >= 1``.
+
+    Raises:
+        TypeError: if ``value`` is not an integer (floats, strings and bools are refused
+            rather than truncated or read as 0/1).
+        ValueError: if it is below 1.
+    """
+    if isinstance(value, bool):
+        raise TypeError(
+            f"{caller}: {name} must be a positive int, got {value!r} (bool); pass an int."
+        )
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"{caller}: {name} must be a positive int, got {value!r} "
+            f"({type(value).__name__}); pass an int."
+        ) from None
+    if number < 1:
+        raise ValueError(f"{caller}: {name} must be a positive int, got {value!r}.")
+    return int(number)
+
 
 def prime_factors(n: int) -> list[int]:
     """Prime factors of ``n >= 1`` with multiplicity, ascending (``[]`` for 1)."""
     if n < 1:
         raise ValueError(f"prime_factors: n must be a positive integer, got {n}.")
+    return list(_prime_factors(n))
+
+
+@functools.lru_cache(maxsize=4096)
+def _prime_factors(n: int) -> tuple[int, ...]:
+    # Trial division by 2, then odd numbers: a 32-bit prime takes ~23k steps (cached,
+    # because planning and error messages factor the same sizes many times).
     out: list[int] = []
-    p = 2
+    while n % 2 == 0:
+        out.append(2)
+        n //= 2
+    p = 3
     while p * p <= n:
         while n % p == 0:
             out.append(p)
             n //= p
-        p += 1
+        p += 2
     if n > 1:
         out.append(n)
-    return out
+    return tuple(out)
 
 
 def format_primes(n: int) -> str:
@@ -103,8 +152,7 @@ def _balanced(n: int, k: int, what: str) -> tuple[int, ...]:
     """The split of ``n`` into ``k`` factors > 1 whose logs are closest to equal."""
     if k == 1:
         return (n,)
-    options = list(factorizations(n, k))
-    if not options:
+    if len(prime_factors(n)) < k:
         primes = prime_factors(n)
         why = (
             f"{n} is prime"
@@ -122,8 +170,42 @@ def _balanced(n: int, k: int, what: str) -> tuple[int, ...]:
             f"size that splits (nearest: {near}), or pass explicit shapes such as "
             f"{example}."
         )
+    return _most_balanced(n, k)
+
+
+def _most_balanced(n: int, k: int) -> tuple[int, ...]:
+    """``min(factorizations(n, k), key=(score, factors))`` by branch and bound.
+
+    ``score`` is ``sum (log f - log(n) / k)**2``. A partial split whose remainder ``m``
+    still needs ``j`` factors scores at least ``j * (log(m) / j - target)**2`` more (equal
+    logs minimise a sum of squares with a fixed sum), so most branches are cut: highly
+    composite sizes have too many factorisations to list them all.
+    """
     target = math.log(n) / k
-    return min(options, key=lambda fs: (sum((math.log(f) - target) ** 2 for f in fs), fs))
+    best: list[tuple[float, tuple[int, ...]]] = []
+
+    def rec(m: int, parts: int, cap: int, prefix: tuple[int, ...], partial: float) -> None:
+        if parts == 1:
+            if 2 <= m <= cap:
+                fs = (*prefix, m)
+                key = (sum((math.log(f) - target) ** 2 for f in fs), fs)
+                if not best or key < best[0]:
+                    best[:] = [key]
+            return
+        for d in reversed(_divisors(m)):
+            if d > cap:
+                continue
+            if d < 2 or d**parts < m:  # descending: every later divisor fails too
+                break
+            cost = partial + (math.log(d) - target) ** 2
+            rest = parts - 1
+            bound = cost + rest * (math.log(m // d) / rest - target) ** 2
+            if best and bound > best[0][0] + 1e-9:
+                continue
+            rec(m // d, rest, d, (*prefix, d), cost)
+
+    rec(n, k, n, (), 0.0)
+    return best[0][1]
 
 
 def factor_shapes(in_features: int, out_features: int, num_factors: int = 2) -> FactorShapes:
@@ -149,11 +231,9 @@ def factor_shapes(in_features: int, out_features: int, num_factors: int = 2) -> 
         >>> factor_shapes(625, 10)
         [(5, 25), (2, 25)]
     """
-    for name, value in (("in_features", in_features), ("out_features", out_features)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"factor_shapes: {name} must be a positive int, got {value!r}.")
-    if not isinstance(num_factors, int) or num_factors < 1:
-        raise ValueError(f"factor_shapes: num_factors must be a positive int, got {num_factors!r}.")
+    in_features = check_positive_int(in_features, "in_features", "factor_shapes")
+    out_features = check_positive_int(out_features, "out_features", "factor_shapes")
+    num_factors = check_positive_int(num_factors, "num_factors", "factor_shapes")
     outs = _balanced(out_features, num_factors, "out_features")
     ins = _balanced(in_features, num_factors, "in_features")
     return list(zip(outs, ins, strict=True))
@@ -162,13 +242,36 @@ def factor_shapes(in_features: int, out_features: int, num_factors: int = 2) -> 
 def check_shapes(
     shapes: Sequence[tuple[int, int]], in_features: int, out_features: int, caller: str
 ) -> FactorShapes:
-    """Validate explicit factor shapes against the layer sizes; return them as a list."""
-    try:
-        clean = [(int(o), int(n)) for o, n in shapes]
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{caller}: shapes must be a list of (out_i, in_i) pairs of ints, got {shapes!r}."
-        ) from None
+    """Validate explicit factor shapes against the layer sizes; return them as a list.
+
+    Raises:
+        TypeError: if ``shapes`` is not a sequence of ``(out_i, in_i)`` pairs of ints
+            (a float such as ``4.5`` or a string is refused, not truncated).
+        ValueError: if a size is below 1 or the products do not match the layer.
+    """
+    example = f"e.g. shapes={factor_example(in_features, out_features)}"
+    raw: object = shapes  # callers pass anything; check it before trusting the annotation
+    if isinstance(raw, (str, bytes)) or not isinstance(raw, Sequence):
+        raise TypeError(
+            f"{caller}: shapes must be a list of (out_i, in_i) pairs of ints, got "
+            f"{shapes!r} ({type(shapes).__name__}); {example}."
+        )
+    clean: FactorShapes = []
+    for i, entry in enumerate(shapes):
+        if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 2:
+            raise TypeError(
+                f"{caller}: shapes[{i}] = {entry!r} is not an (out_i, in_i) pair; shapes "
+                f"must be a list of pairs of ints, {example}."
+            )
+        pair = []
+        for size in entry:
+            if isinstance(size, bool) or not _is_index(size):
+                raise TypeError(
+                    f"{caller}: shapes[{i}] = {tuple(entry)!r} has a size {size!r} of type "
+                    f"{type(size).__name__}; factor sizes must be ints, {example}."
+                )
+            pair.append(operator.index(size))
+        clean.append((pair[0], pair[1]))
     if not clean:
         raise ValueError(f"{caller}: shapes is empty; give at least one (out_i, in_i) pair.")
     if any(o < 1 or n < 1 for o, n in clean):
@@ -184,6 +287,22 @@ def check_shapes(
             f"factor_shapes({in_features}, {out_features}, {len(clean)})."
         )
     return clean
+
+
+def _is_index(value: object) -> bool:
+    try:
+        operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True
+
+
+def factor_example(in_features: int, out_features: int) -> str:
+    """A valid ``shapes`` value for the layer, for error messages."""
+    try:
+        return str(factor_shapes(in_features, out_features, 2))
+    except (TypeError, ValueError):
+        return f"[({out_features}, {in_features})]"
 
 
 def layer_factorizations(
@@ -221,9 +340,15 @@ def _ordered_splits(n: int, k: int) -> set[tuple[int, ...]]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def _divisors(n: int) -> list[int]:
-    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
-    return sorted({*small, *(n // d for d in small)})
+    """Divisors of ``n``, ascending, built from its prime factors (no scan up to sqrt n)."""
+    divisors = [1]
+    primes = prime_factors(n)
+    for p in sorted(set(primes)):
+        powers = [p**e for e in range(1, primes.count(p) + 1)]
+        divisors += [d * q for d in divisors for q in powers]
+    return sorted(divisors)
 
 
 def _rearrange(weight: Tensor, o1: int, n1: int, o2: int, n2: int) -> Tensor:
@@ -232,8 +357,88 @@ def _rearrange(weight: Tensor, o1: int, n1: int, o2: int, n2: int) -> Tensor:
     return weight.reshape(o1, o2, n1, n2).permute(0, 2, 1, 3).reshape(o1 * n1, o2 * n2)
 
 
+def max_kronecker_rank(shapes: Sequence[tuple[int, int]]) -> int:
+    """The largest rank :func:`nearest_kronecker` can use for ``shapes``.
+
+    For two factors it is the rank bound of the rearranged ``(o_1 n_1) x (o_2 n_2)``
+    matrix, ``min(o_1 n_1, o_2 n_2)``. For ``k`` factors the sequential SVD splits level
+    ``i`` into at most ``min(o_i n_i, prod_{j>i} o_j n_j)`` terms, so it is the product of
+    those bounds over ``i < k`` (1 for a single factor). At this rank the approximation
+    is exact: every ``(prod out_i) x (prod in_i)`` matrix is a sum of that many Kronecker
+    products, and terms beyond it could only be zero.
+
+    Examples:
+        >>> max_kronecker_rank([(25, 28), (25, 28)])
+        700
+        >>> max_kronecker_rank([(2, 2)] * 3)
+        16
+    """
+    sizes = [o * n for o, n in shapes]
+    bound = 1
+    for i in range(len(sizes) - 1):
+        bound *= min(sizes[i], math.prod(sizes[i + 1 :]))
+    return bound
+
+
+def check_rank(rank: object, caller: str) -> int:
+    """``rank`` as a plain ``int >= 1`` (TypeError for bools/floats, ValueError below 1)."""
+    if isinstance(rank, bool) or not _is_index(rank):
+        raise TypeError(
+            f"{caller}: rank must be an int >= 1, got {rank!r} ({type(rank).__name__}); "
+            f"pass the number of summed Kronecker products, e.g. rank=4."
+        )
+    value = operator.index(rank)  # type: ignore[arg-type]
+    if value < 1:
+        raise ValueError(f"{caller}: rank must be an int >= 1, got {value}.")
+    return int(value)
+
+
+def clip_rank(rank: int, shapes: Sequence[tuple[int, int]], caller: str) -> int:
+    """``min(rank, max_kronecker_rank(shapes))``, warning when that lowers ``rank``."""
+    bound = max_kronecker_rank(shapes)
+    if rank <= bound:
+        return rank
+    sizes = [o * n for o, n in shapes]
+    if len(sizes) == 2:
+        why = f"min of the rearranged {sizes[0]} x {sizes[1]} matrix's dimensions"
+    elif len(sizes) == 1:
+        why = "a single factor is the whole matrix"
+    else:
+        why = "the most terms the sequential SVD can split the matrix into"
+    warnings.warn(
+        f"{caller}: rank={rank} is above the largest achievable rank {bound} for shapes "
+        f"{[tuple(p) for p in shapes]} ({why}); using rank={bound}, which represents the "
+        f"weight exactly. Pass rank<={bound} to silence this warning.",
+        RankClippedWarning,
+        stacklevel=3,
+    )
+    return bound
+
+
+def check_finite(weight: Tensor, caller: str) -> None:
+    """Raise a ValueError naming the NaN/Inf entries of a 2-D ``weight``, if any."""
+    finite = torch.isfinite(weight)
+    if bool(finite.all()):
+        return
+    bad = (~finite).nonzero()
+    nans = int(torch.isnan(weight).sum())
+    infs = int(bad.shape[0]) - nans
+    shown = ", ".join(str(tuple(idx)) for idx in bad[:3].tolist())
+    more = ", ..." if bad.shape[0] > 3 else ""
+    raise ValueError(
+        f"{caller}: weight of shape {tuple(weight.shape)} has {bad.shape[0]} non-finite "
+        f"entries ({nans} NaN, {infs} Inf) at (row, col) [{shown}{more}]; its Kronecker "
+        f"approximation would be all NaN. Fix the weight first (e.g. a finite checkpoint, "
+        f"or weight.nan_to_num_())."
+    )
+
+
 def nearest_kronecker(
-    weight: Tensor, shapes: Sequence[tuple[int, int]], rank: int = 1
+    weight: Tensor,
+    shapes: Sequence[tuple[int, int]],
+    rank: int = 1,
+    *,
+    svd: SvdMethod = "auto",
 ) -> tuple[list[Tensor], float]:
     """The sum of ``rank`` Kronecker products nearest to ``weight`` in Frobenius norm.
 
@@ -246,17 +451,38 @@ def nearest_kronecker(
     ``rank`` terms, and the error never exceeds the dropped terms' weight; it is not
     guaranteed optimal for ``k > 2``, a problem that is NP-hard in general.
 
+    A ``rank`` above :func:`max_kronecker_rank` would only add zero terms: it is lowered
+    to that bound with a :class:`RankClippedWarning`, and the returned factors have the
+    lowered rank as their first dimension.
+
     The computation runs in float64 and the factors are returned in ``weight``'s dtype.
+    The returned error is always computed from the returned factors
+    (``||W - W_hat||_F / ||W||_F``), whichever SVD produced them.
 
     Args:
-        weight: ``(prod out_i, prod in_i)`` matrix.
+        weight: ``(prod out_i, prod in_i)`` matrix; every entry finite.
         shapes: ``[(out_1, in_1), ..., (out_k, in_k)]``.
         rank: number of summed Kronecker terms ``R >= 1``.
+        svd: ``"full"``: ``torch.linalg.svd`` of every rearranged matrix. ``"randomized"``:
+            a randomised range finder with subspace iteration until the kept singular
+            values converge (seeded with a private generator: the global RNG is not
+            touched, results are reproducible). It is exact whenever the rearranged
+            matrix's rank is below the sketch size ``2 R + 10``, and otherwise within
+            float64 tolerance of the full SVD's error on matrices whose spectrum decays
+            (trained weights); on flat spectra it may keep a slightly worse subspace.
+            ``"auto"`` (default): randomised when the matrix is large (smaller side
+            >= 256) and the sketch is at most a quarter of it, full otherwise.
 
     Returns:
         ``(factors, relative_error)``: factors in the ``(R, out_i, in_i)`` layout of
         :func:`torchkron.functional.kron_linear`, and ``||W - W_hat||_F / ||W||_F``
         (0 for a zero ``weight``).
+
+    Raises:
+        TypeError: ``rank`` is not an int (e.g. ``True`` or ``2.0``), or bad ``shapes``.
+        ValueError: ``rank < 1``, shapes that do not match ``weight``, a ``weight`` with
+            NaN or Inf entries (the message counts and locates them), or a ``weight`` on
+            the meta device (it has no values to approximate).
 
     Examples:
         >>> a, b = torch.randn(3, 4, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64)
@@ -264,23 +490,115 @@ def nearest_kronecker(
         >>> err < 1e-12
         True
     """
-    if weight.dim() != 2:
-        raise ValueError(
-            f"nearest_kronecker: weight must be a 2-D matrix, got shape {tuple(weight.shape)}."
-        )
-    if not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"nearest_kronecker: rank must be an int >= 1, got {rank!r}.")
+    factors, err = _nearest_kronecker(weight, shapes, rank, svd, "nearest_kronecker")
+    return factors, err
+
+
+def _nearest_kronecker(
+    weight: Tensor,
+    shapes: Sequence[tuple[int, int]],
+    rank: int,
+    svd: SvdMethod,
+    caller: str,
+) -> tuple[list[Tensor], float]:
+    """:func:`nearest_kronecker` with the caller's name in its messages and warnings."""
+    if not isinstance(weight, Tensor) or weight.dim() != 2:
+        got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"{caller}: weight must be a 2-D matrix, got shape {got}.")
+    rank = check_rank(rank, caller)
+    if svd not in ("auto", "full", "randomized"):
+        raise ValueError(f"{caller}: svd must be 'auto', 'full' or 'randomized', got {svd!r}.")
     out_features, in_features = (int(d) for d in weight.shape)
-    clean = check_shapes(shapes, in_features, out_features, "nearest_kronecker")
+    clean = check_shapes(shapes, in_features, out_features, caller)
+    if weight.device.type == "meta":
+        raise ValueError(
+            f"{caller}: weight is on the meta device and has no values to approximate; "
+            f"build the layer without reading the weight (KronLinear.like_linear(linear) "
+            f"or KronLinear(in, out, device='meta')) and load real values later."
+        )
+    check_finite(weight, caller)
+    rank = clip_rank(rank, clean, caller)
     w64 = weight.detach().to(torch.float64)
-    factors = _nearest(w64, clean, rank)
-    approx = kron_weight(factors)
-    norm = torch.linalg.matrix_norm(w64)
-    err = float(torch.linalg.matrix_norm(w64 - approx) / norm) if norm > 0 else 0.0
-    return [f.to(weight.dtype) for f in factors], err
+    factors = _nearest(w64, clean, rank, svd)
+    return [f.to(weight.dtype) for f in factors], relative_error(w64, factors)
 
 
-def _nearest(weight: Tensor, shapes: FactorShapes, rank: int) -> list[Tensor]:
+def relative_error(weight: Tensor, factors: Sequence[Tensor]) -> float:
+    """``||W - sum_r F_1[r] (x) ... (x) F_k[r]||_F / ||W||_F`` in float64 (0 if ``W = 0``).
+
+    Computed directly from the factors, never from singular values, without building
+    the ``(R, out, in)`` stack that :func:`kron_weight` uses: for two factors in the
+    rearranged space (one matmul), otherwise a few rank terms at a time.
+    """
+    w = weight.to(torch.float64)
+    norm = float(torch.linalg.matrix_norm(w))
+    if norm == 0.0:
+        return 0.0
+    fs = [f.detach().to(torch.float64) for f in factors]
+    rank = fs[0].shape[0]
+    if len(fs) == 2:
+        (_, o1, n1), (_, o2, n2) = fs[0].shape, fs[1].shape
+        residual = _rearrange(w, o1, n1, o2, n2) - fs[0].reshape(rank, -1).mT @ fs[1].reshape(
+            rank, -1
+        )
+        return float(torch.linalg.matrix_norm(residual)) / norm
+    # Chunks of rank terms, at most ~2**22 entries of (chunk, out, in) at a time.
+    chunk = max(1, (1 << 22) // max(1, w.numel()))
+    residual = w.clone()
+    for r in range(0, rank, chunk):
+        residual -= kron_weight([f[r : r + chunk] for f in fs])
+    return float(torch.linalg.matrix_norm(residual)) / norm
+
+
+#: ``svd="auto"`` uses the randomised SVD when the smaller side is at least this...
+_FAST_MIN_SIDE = 256
+
+
+def _sketch_size(count: int, side: int) -> int:
+    return min(side, 2 * count + 10)
+
+
+def _top_svd(mat: Tensor, count: int, svd: SvdMethod) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``count`` leading singular triplets ``(U, s, Vh)`` of ``mat``."""
+    side = min(mat.shape)
+    count = min(count, side)
+    q = _sketch_size(count, side)
+    fast = svd == "randomized" or (svd == "auto" and side >= _FAST_MIN_SIDE and 4 * q <= side)
+    if not fast or q >= side:
+        u, s, vh = torch.linalg.svd(mat, full_matrices=False)
+        return u[:, :count], s[:count], vh[:count]
+    return _randomized_svd(mat, count, q)
+
+
+def _randomized_svd(
+    mat: Tensor, count: int, q: int, *, max_iter: int = 8, tol: float = 1e-10
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Randomised range finder (Halko et al.) with subspace iteration and Rayleigh-Ritz.
+
+    Iterates until the ``count`` leading singular values of the sketch change by less
+    than ``tol`` (relative to the largest) or ``max_iter`` is reached. A matrix of rank
+    ``<= q`` is captured exactly by the first sketch; a decaying spectrum converges in a
+    few iterations. A private, fixed-seed generator keeps it reproducible and leaves the
+    global RNG alone (``torch.svd_lowrank`` would draw from it).
+    """
+    gen = torch.Generator(device=mat.device).manual_seed(0)
+    omega = torch.randn(mat.shape[1], q, generator=gen, dtype=mat.dtype, device=mat.device)
+    basis = torch.linalg.qr(mat @ omega).Q
+    previous: Tensor | None = None
+    for _ in range(max_iter):
+        back = mat.mT @ basis  # (basis^T mat)^T: its singular values are the sketch's
+        top = torch.linalg.svdvals(back)[:count]
+        if previous is not None and bool(
+            ((top - previous).abs() <= tol * top[0].clamp_min(1e-300)).all()
+        ):
+            break
+        previous = top
+        basis = torch.linalg.qr(mat @ torch.linalg.qr(back).Q).Q
+    ub, s, vh = torch.linalg.svd(basis.mT @ mat, full_matrices=False)
+    return (basis @ ub)[:, :count], s[:count], vh[:count]
+
+
+def _nearest(weight: Tensor, shapes: FactorShapes, rank: int, svd: SvdMethod) -> list[Tensor]:
     """Sequential SVD with a beam of ``rank`` branches; returns ``(R, o_i, n_i)`` factors.
 
     Level ``i`` splits each kept remainder ``M`` into ``sum_j s_j U_j (x) M_j`` by the SVD
@@ -288,7 +606,9 @@ def _nearest(weight: Tensor, shapes: FactorShapes, rank: int) -> list[Tensor]:
     Kronecker product, the leaves are mutually orthogonal, and a leaf's weight is the
     product of the singular values on its path, so keeping the ``rank`` heaviest leaves
     leaves exactly the dropped weights as error. With two factors this is the truncated
-    SVD of the Van Loan-Pitsianis rearrangement, which is optimal.
+    SVD of the Van Loan-Pitsianis rearrangement, which is optimal. Only the ``rank``
+    leading singular triplets of each remainder can survive the beam, so only those are
+    computed.
     """
     k = len(shapes)
     # (weight, factors so far, remainder to split with the remaining shapes)
@@ -298,10 +618,8 @@ def _nearest(weight: Tensor, shapes: FactorShapes, rank: int) -> list[Tensor]:
         o_rest, n_rest = math.prod(a for a, _ in rest), math.prod(b for _, b in rest)
         candidates: list[tuple[float, list[Tensor], Tensor]] = []
         for scale, prefix, remainder in beam:
-            u, s, vh = torch.linalg.svd(
-                _rearrange(remainder, o, n, o_rest, n_rest), full_matrices=False
-            )
-            for j in range(min(rank, s.numel())):
+            u, s, vh = _top_svd(_rearrange(remainder, o, n, o_rest, n_rest), rank, svd)
+            for j in range(s.numel()):
                 if s[j] <= 0:
                     break
                 head = u[:, j].reshape(o, n)

@@ -9,7 +9,15 @@ import math
 import pytest
 
 from torchkron.cli import main
-from torchkron.experiments.plan import format_plan, layer_plans, split_shapes
+from torchkron.experiments.plan import (
+    _balanced,
+    _row,
+    _sort_key,
+    count_plans,
+    format_plan,
+    layer_plans,
+    split_shapes,
+)
 from torchkron.functional import kron_flops
 
 
@@ -152,3 +160,91 @@ def test_cli_plan_rejects_too_many_factors(capsys):
     with pytest.raises(SystemExit):
         main(["plan", "0", "16"])
     assert "argument IN: must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("in_f", "out_f"), [(720, 360), (1024, 1024), (210, 2310)])
+@pytest.mark.parametrize("allow_ones", [False, True])
+def test_counts_and_top_rows_match_full_enumeration(in_f, out_f, allow_ones):
+    full = sorted(
+        (
+            _row(s, in_f * out_f, 2, False, _balanced(in_f, out_f, k))
+            for k in range(1, 5)
+            for s in split_shapes(in_f, out_f, k, allow_ones=allow_ones)
+        ),
+        key=_sort_key,
+    )
+    assert count_plans(in_f, out_f, 4, allow_ones=allow_ones) == len(full)
+    plan = layer_plans(in_f, out_f, 4, rank=2, allow_ones=allow_ones, top=40)
+    assert plan.total_rows == len(full)
+    assert list(plan.rows) == full[:40]
+    assert plan.truncated
+    assert plan.exhaustive
+
+
+def test_highly_composite_sizes_are_counted_and_the_best_shown(capsys):
+    assert count_plans(720720, 720720, 4) == 166_782_267
+    plan = layer_plans(720720, 720720, 4, top=3)
+    assert (plan.total_rows, len(plan.rows), plan.exhaustive) == (166_782_267, 3, True)
+    assert [(r.shapes, r.weights) for r in plan.rows] == [
+        (((429, 2), (420, 2), (2, 429), (2, 420)), 3396),
+        (((429, 2), (280, 3), (3, 280), (2, 429)), 3396),
+        (((429, 2), (280, 3), (3, 286), (2, 420)), 3396),
+    ]
+    assert main(["plan", "720720", "720720", "--top", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "720720 -> 720720 (720720 = 2^4 * 3^2 * 5 * 7 * 11 * 13, 720720 = 2^4 * 3^2 * 5 * 7 "
+        "* 11 * 13): dense 519,437,318,400 weights, 1,038,874,636,800 FLOPs/sample; rank 1, "
+        "untied; 1..4 factors, 166,782,267 factorisations, showing the best 2 by weights "
+        "(--top M for more, --factors K for fewer factors).",
+        "",
+        "k  factor shapes (out x in)             weights  FLOPs/sample     compression  "
+        "tieable  default",
+        "4  429x2 (x) 420x2 (x) 2x429 (x) 2x420    3,396     5,792,640  152,955,629.7x       no",
+        "4  429x2 (x) 280x3 (x) 3x280 (x) 2x429    3,396     5,806,080  152,955,629.7x       no",
+        "",
+        "k = 1 is the dense layer itself. * marks the balanced default of "
+        "KronLinear(num_factors=k) for that k.",
+    ]
+    assert main(["plan", "720720", "720720"]) == 0  # default --top 100
+    assert len(capsys.readouterr().out.splitlines()) == 2 + 1 + 100 + 2
+    assert main(["plan", "720720", "720720", "--all"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            "--all would list 166,782,267 factorisations (at most 100,000); use --top M for the "
+            "M cheapest, or fewer --factors."
+        )
+    )
+
+
+def test_largest_32_bit_sizes_answer(capsys):
+    # 3491888400 has 1344 divisors, the most of any 32-bit number.
+    plan = layer_plans(3491888400, 3491888400, 4, top=1)
+    assert plan.total_rows == 1_663_792_294_887
+    assert plan.rows[0].shapes == ((29640, 2), (19635, 3), (3, 19635), (2, 29640))
+    for n in (2**31 - 1, 4294967291):  # a Mersenne prime and the largest 32-bit prime
+        plan = layer_plans(n, 720720, 4)
+        assert plan.total_rows == 1
+        assert [r.shapes for r in plan.rows] == [((720720, n),)]
+    assert main(["plan", str(2**31 - 1), str(2**31 - 1)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("1..4 factors, 1 factorisation(s), sorted by weights.")
+    assert lines[-1] == (
+        "out_features 2147483647 (prime) splits into at most 1 factor(s) > 1; nearest sizes "
+        "that split into 2: 2147483645 = 5 * 19 * 22605091, 2147483646 = 2 * 3^2 * 7 * 11 * "
+        "31 * 151 * 331, 2147483648 = 2^31."
+    )
+    assert main(["plan", str(2**32 + 1), "16"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("IN must be at most 2**32 = 4,294,967,296, got 4,294,967,297.")
+    )
+
+
+def test_dp_flops_equal_kron_flops():
+    from torchkron.experiments.plan import _min_flops
+
+    for outs, ins in [((25, 25), (28, 28)), ((2, 3, 4), (5, 1, 7)), ((3, 2, 2, 5), (2, 7, 3, 2))]:
+        assert _min_flops(outs, ins, 3) == kron_flops(list(outs), list(ins), 3)
