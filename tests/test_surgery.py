@@ -526,3 +526,21 @@ def test_import_torchkron_imports_no_optional_package():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_rank_above_the_largest_is_clipped_and_reported():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 4))
+    x = torch.randn(3, 6, dtype=torch.float64)
+    net = net.double()
+    expected = net(x)
+    net, report = kronify(net, shapes=[(2, 2), (2, 3)], rank=10)
+    layer = net[0]
+    assert isinstance(layer, KronLinear)
+    # The rearranged matrix is 4 x 6: rank 4 is exact and nothing beyond it is kept.
+    assert layer.rank == 4
+    assert layer.factors[0].shape[0] == 4
+    (row,) = report.layers
+    assert row.rank == 4
+    assert row.note == "rank 10 clipped to 4, the largest these shapes allow"
+    assert torch.allclose(net(x), expected, atol=1e-12)

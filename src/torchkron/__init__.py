@@ -11,7 +11,9 @@ Examples:
 from torchkron import functional as functional
 from torchkron._version import __version__ as __version__
 from torchkron.factorization import factor_shapes as factor_shapes
+from torchkron.factorization import RankClippedWarning as RankClippedWarning
 from torchkron.factorization import layer_factorizations as layer_factorizations
+from torchkron.factorization import max_kronecker_rank as max_kronecker_rank
 from torchkron.factorization import nearest_kronecker as nearest_kronecker
 from torchkron.linear import KronLinear as KronLinear
 from torchkron.serialization import load as load
@@ -35,6 +37,7 @@ __all__ = [
     "KronifyReport",
     "LayerConverter",
     "LayerReport",
+    "RankClippedWarning",
     "Unconvertible",
     "__version__",
     "apply_plan",
@@ -44,6 +47,7 @@ __all__ = [
     "kronify_plan",
     "layer_factorizations",
     "load",
+    "max_kronecker_rank",
     "merge",
     "nearest_kronecker",
     "register_converter",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -23,7 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from torchkron.budget import LayerBudget, allocate_ranks, kron_spectrum, ranks_for_error
-from torchkron.factorization import check_shapes, factor_shapes, nearest_kronecker
+from torchkron.factorization import (
+    RankClippedWarning,
+    check_shapes,
+    factor_shapes,
+    nearest_kronecker,
+)
 from torchkron.linear import KronLinear
 
 __all__ = [
@@ -783,6 +789,21 @@ def _build(e: _Entry, *, tied: bool, from_dense: bool) -> KronLinear:
     assert e.view is not None
     w = e.view.weight
     out_f, in_f = (int(d) for d in w.shape)
+    e.note = e.view.note
+    factors: list[Tensor] | None = None
+    error: float | None = None
+    if from_dense and tied:
+        e.note = "tied: fresh init, a dense weight has no tied nearest form"
+    elif from_dense:
+        with warnings.catch_warnings():
+            # The report says so (below); one warning per layer would only repeat it.
+            warnings.simplefilter("ignore", RankClippedWarning)
+            factors, error = nearest_kronecker(w, list(e.shapes), e.rank)
+        achieved = int(factors[0].shape[0])
+        if achieved < e.rank:
+            clipped = f"rank {e.rank} clipped to {achieved}, the largest these shapes allow"
+            e.note = f"{e.note}; {clipped}" if e.note else clipped
+            e.rank = achieved
     layer = KronLinear(
         in_f,
         out_f,
@@ -794,15 +815,9 @@ def _build(e: _Entry, *, tied: bool, from_dense: bool) -> KronLinear:
         dtype=w.dtype,
     )
     with torch.no_grad():
-        e.note = e.view.note
-        if from_dense and tied:
-            e.note = "tied: fresh init, a dense weight has no tied nearest form"
-        elif from_dense:
-            factors, error = nearest_kronecker(w, list(e.shapes), e.rank)
+        if factors is not None:
             for param, value in zip(layer.factors, factors, strict=True):
-                # A rank above the rearranged matrix's rank may come back clipped.
-                param.zero_()
-                param[: value.shape[0]].copy_(value)
+                param.copy_(value)
             layer.approximation_error = error
         if e.view.bias is not None and layer.bias is not None:
             layer.bias.copy_(e.view.bias)
