@@ -10,8 +10,8 @@ Examples:
 
 from torchkron import functional as functional
 from torchkron._version import __version__ as __version__
-from torchkron.factorization import factor_shapes as factor_shapes
 from torchkron.factorization import RankClippedWarning as RankClippedWarning
+from torchkron.factorization import factor_shapes as factor_shapes
 from torchkron.factorization import layer_factorizations as layer_factorizations
 from torchkron.factorization import max_kronecker_rank as max_kronecker_rank
 from torchkron.factorization import nearest_kronecker as nearest_kronecker
