@@ -47,7 +47,7 @@ export PYTHONUNBUFFERED=1
 
 if [ "$SUITE" = 1 ]; then
     # The main suite (writes bench-cuda-<card>.{json,md}); extra arguments go to it.
-    exec "$PYTHON" -m torchkron.experiments.bench \
+    exec "$PYTHON" -m torchkron.experiments.commands.bench \
         --device cuda --dtype float32,bfloat16 --out "$OUT_DIR" "$@"
 fi
 

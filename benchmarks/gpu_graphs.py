@@ -26,7 +26,12 @@ import torch.utils.benchmark as tbench
 from torch import Tensor, nn
 
 from torchkron import KronLinear
-from torchkron.experiments.bench import DEFAULT_SHAPES, BenchShape, environment, result_stem
+from torchkron.experiments.commands.bench import (
+    DEFAULT_SHAPES,
+    BenchShape,
+    environment,
+    result_stem,
+)
 
 
 def _layers(shape: BenchShape, dtype: torch.dtype, device: torch.device) -> dict[str, nn.Module]:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from torchkron import _cost, cli
-from torchkron.experiments import bench
+from torchkron.experiments.commands import bench
 from torchkron.experiments.errors import UserError
 
 
@@ -171,7 +171,7 @@ def test_cuda_without_a_gpu_is_a_message(capsys):
 
 def test_module_entry_point_exits_2_on_bad_input():
     proc = subprocess.run(
-        [sys.executable, "-m", "torchkron.experiments.bench", "--device", "nonsense"],
+        [sys.executable, "-m", "torchkron.experiments.commands.bench", "--device", "nonsense"],
         capture_output=True,
         text=True,
     )
@@ -215,7 +215,7 @@ def test_rank_and_gpu_shapes_are_listed():
 
 def test_module_entry_point_lists_shapes():
     out = subprocess.run(
-        [sys.executable, "-m", "torchkron.experiments.bench", "--list"],
+        [sys.executable, "-m", "torchkron.experiments.commands.bench", "--list"],
         capture_output=True,
         text=True,
         check=True,

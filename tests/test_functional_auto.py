@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tests.reference import random_factors, reference_weight
 
 from torchkron import KronLinear, _cost, _fastkron, functional
-from torchkron.experiments.bench import saved_tensor_bytes
+from torchkron.experiments.commands.bench import saved_tensor_bytes
 from torchkron.functional import IMPLS, choose_impl, kron_linear
 
 # Calibrations that push the model to every extreme; none may change the result.
@@ -185,7 +185,7 @@ def test_cache_reused_while_unchanged_and_invalidated_by_updates():
 def test_cache_sees_writes_that_bypass_version_counters():
     # FlatAdadelta re-points every parameter's .data at a view of one flat buffer and
     # updates the buffer: the parameters' version counters never move.
-    from torchkron.experiments.optim import FlatAdadelta
+    from torchkron.experiments.training.optim import FlatAdadelta
 
     torch.manual_seed(1)
     layer = KronLinear(12, 10, shapes=[(2, 3), (5, 4)], rank=2)

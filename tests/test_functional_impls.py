@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tests.reference import random_factors, reference_weight
 
 from torchkron import KronLinear, _cost, _fastkron
-from torchkron.experiments.bench import cpu_memory_events, replayed_peak_bytes
+from torchkron.experiments.commands.bench import cpu_memory_events, replayed_peak_bytes
 from torchkron.functional import (
     _GROUP_MAX_SIZE,
     IMPLS,

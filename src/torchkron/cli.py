@@ -170,7 +170,7 @@ def add_run_arguments(p: argparse.ArgumentParser, out: str, out_help: str = "") 
 
 
 def config_from(args: argparse.Namespace) -> Any:
-    from torchkron.experiments.config import TrainConfig
+    from torchkron.experiments.training.config import TrainConfig
 
     return TrainConfig(
         epochs=args.epochs,
@@ -190,7 +190,7 @@ def config_from(args: argparse.Namespace) -> Any:
 
 def run_options(args: argparse.Namespace) -> Any:
     """The RunOptions of a training command, from the arguments of add_run_arguments."""
-    from torchkron.experiments.runner import RunOptions
+    from torchkron.experiments.training.runner import RunOptions
 
     return RunOptions(
         data_dir=args.data_dir,
@@ -205,8 +205,8 @@ def run_options(args: argparse.Namespace) -> Any:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from torchkron.experiments.compare import default_reference
-    from torchkron.experiments.reproduce import reproduce
+    from torchkron.experiments.commands.reproduce import reproduce
+    from torchkron.experiments.reporting.compare import default_reference
 
     reference = None if args.no_compare else (args.reference or default_reference())
     done = reproduce(
@@ -228,7 +228,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from torchkron.experiments.reproduce import train_one
+    from torchkron.experiments.commands.reproduce import train_one
 
     record = train_one(
         variant=args.variant, seed=args.seed, config=config_from(args), options=run_options(args)
@@ -244,7 +244,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     import json
 
-    from torchkron.experiments.report import report_text, write_report
+    from torchkron.experiments.commands.report import report_text, write_report
 
     paths = write_report(args.dir, plots=not args.no_plots)
     print(report_text(json.loads(paths.summary.read_text())))
@@ -253,7 +253,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from torchkron.experiments import bench
+    from torchkron.experiments.commands import bench
 
     return int(bench.main(args))
 
@@ -266,7 +266,7 @@ def _add_bench(sub: Any) -> None:
         "Kronecker implementations at the listed shapes; writes JSON and markdown.",
     )
     try:
-        from torchkron.experiments import bench
+        from torchkron.experiments.commands import bench
     except ImportError:  # pragma: no cover - bench is part of the package
         return
     bench.add_arguments(p)
@@ -353,7 +353,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 # Modules that add their own subcommand with ``register(subparsers)``; they import their
 # heavy dependencies only when the subcommand runs.
-_SUBCOMMAND_MODULES = tuple(f"torchkron.experiments.{m}" for m in ("plan", "sweep", "compress"))
+_SUBCOMMAND_MODULES = tuple(
+    f"torchkron.experiments.commands.{m}" for m in ("plan", "sweep", "compress")
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -369,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from torchkron.experiments.errors import UserError
 
     if getattr(args, "jobs", 0) is None:
-        from torchkron.experiments.reproduce import default_workers
+        from torchkron.experiments.commands.reproduce import default_workers
 
         args.jobs = default_workers()
     try:

@@ -291,7 +291,9 @@ class _ContiguousGradFn(torch.autograd.Function):
 
 
 def _contiguous_grad(y: Tensor) -> Tensor:
-    if not (y.requires_grad and torch.is_grad_enabled()):
+    # Under torch.jit.trace the node would be baked into the graph, and the tracer's
+    # re-run (without grad) would see a different graph; tracing is for inference anyway.
+    if not (y.requires_grad and torch.is_grad_enabled()) or torch._C._get_tracing_state():
         return y
     out: Tensor = _ContiguousGradFn.apply(y)  # type: ignore[no-untyped-call]
     return out
@@ -631,7 +633,7 @@ def clear_weight_cache() -> None:
     counter (moved by optimizer steps, ``copy_``, ``load_state_dict``) and layout, *and*
     equal values to a snapshot taken when ``W`` was built: writes that bypass version
     counters (through ``tensor.data``, or into a flat buffer the parameters are views
-    of, as ``torchkron.experiments.optim.FlatAdadelta`` does) are caught by the
+    of, as ``torchkron.experiments.training.optim.FlatAdadelta`` does) are caught by the
     comparison, which costs one pass over the (small) factors per call.
     """
     _WEIGHT_CACHE.clear()

@@ -12,8 +12,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from torchkron.experiments.idx import write_idx
-from torchkron.experiments.mnist import FILES
+from torchkron.experiments.data.idx import write_idx
+from torchkron.experiments.data.mnist import FILES
 
 N_TRAIN, N_TEST, ROWS, COLS = 20, 10, 4, 4
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from torchkron.experiments.idx import write_idx
-from torchkron.experiments.mnist import FILES
+from torchkron.experiments.data.idx import write_idx
+from torchkron.experiments.data.mnist import FILES
 
 
 def write_synthetic_mnist(

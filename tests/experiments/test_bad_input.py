@@ -19,10 +19,10 @@ from tests.experiments.synthetic import write_synthetic_mnist
 
 from torchkron import cli
 from torchkron.cli import main
+from torchkron.experiments.data.idx import read_idx, write_idx
+from torchkron.experiments.data.mnist import FILES
 from torchkron.experiments.errors import DataError
-from torchkron.experiments.idx import read_idx, write_idx
-from torchkron.experiments.mnist import FILES
-from torchkron.experiments.runs import atomic_write_json
+from torchkron.experiments.training.runs import atomic_write_json
 
 FAST = ["--epochs", "2", "--batch-size", "32", "--test-batch-size", "50", "--quiet"]
 
@@ -175,7 +175,7 @@ def test_disk_full_mid_run_leaves_nothing_half_written_and_resumes(
     synth, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "out"
-    import torchkron.experiments.runs as runs
+    import torchkron.experiments.training.runs as runs
 
     real_fsync = runs.os.fsync
     calls = {"n": 0}

@@ -12,10 +12,10 @@ import torch
 from tests.experiments.synthetic import write_synthetic_mnist
 
 from torchkron.cli import main
-from torchkron.experiments.compress import convert, load_source
-from torchkron.experiments.compress_report import _vs_scratch
+from torchkron.experiments.commands.compress import convert, load_source
 from torchkron.experiments.errors import UserError
-from torchkron.experiments.variants import build_mlp, dense_baseline, get_variant
+from torchkron.experiments.models.variants import build_mlp, dense_baseline, get_variant
+from torchkron.experiments.reporting.compress_report import _vs_scratch
 from torchkron.linear import KronLinear
 
 FAST = ["--batch-size", "32", "--test-batch-size", "50", "--quiet", "--jobs", "1"]

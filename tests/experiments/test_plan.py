@@ -9,7 +9,7 @@ import math
 import pytest
 
 from torchkron.cli import main
-from torchkron.experiments.plan import (
+from torchkron.experiments.commands.plan import (
     _balanced,
     _row,
     _sort_key,
@@ -244,7 +244,7 @@ def test_largest_32_bit_sizes_answer(capsys):
 
 
 def test_dp_flops_equal_kron_flops():
-    from torchkron.experiments.plan import _min_flops
+    from torchkron.experiments.commands.plan import _min_flops
 
     for outs, ins in [((25, 25), (28, 28)), ((2, 3, 4), (5, 1, 7)), ((3, 2, 2, 5), (2, 7, 3, 2))]:
         assert _min_flops(outs, ins, 3) == kron_flops(list(outs), list(ins), 3)

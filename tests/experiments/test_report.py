@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from tests.experiments.run_factory import make_record, write_finals, write_run
 
+from torchkron.experiments.commands.report import report_text, write_report
 from torchkron.experiments.errors import UserError
-from torchkron.experiments.findings import NOISE_FACTOR, findings, pooled_std
-from torchkron.experiments.plots import plot_curves
-from torchkron.experiments.report import report_text, write_report
-from torchkron.experiments.runs import load_runs
-from torchkron.experiments.summary import sample_std, summarize
-from torchkron.experiments.tables import results_markdown
+from torchkron.experiments.reporting.findings import NOISE_FACTOR, findings, pooled_std
+from torchkron.experiments.reporting.plots import plot_curves
+from torchkron.experiments.reporting.summary import sample_std, summarize
+from torchkron.experiments.reporting.tables import results_markdown
+from torchkron.experiments.training.runs import load_runs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -332,7 +332,8 @@ def test_missing_runs_folder_is_a_user_error(tmp_path: Path) -> None:
 
 def test_report_modules_do_not_import_matplotlib() -> None:
     code = (
-        "import sys, torchkron, torchkron.experiments.report, torchkron.experiments.tables;"
+        "import sys, torchkron, torchkron.experiments.commands.report,"
+        " torchkron.experiments.reporting.tables;"
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,13 +13,13 @@ from tests.experiments.run_factory import make_record
 from tests.experiments.synthetic import write_synthetic_mnist
 
 from torchkron.cli import main
-from torchkron.experiments.compare import compare_summaries, comparison_markdown
-from torchkron.experiments.progress import Progress
-from torchkron.experiments.report import load_sessions, reproduction_session
-from torchkron.experiments.runs import git_sha, load_complete_runs
-from torchkron.experiments.summary import summarize
-from torchkron.experiments.tables import results_markdown
-from torchkron.experiments.trainer import EpochEvent
+from torchkron.experiments.commands.report import load_sessions, reproduction_session
+from torchkron.experiments.reporting.compare import compare_summaries, comparison_markdown
+from torchkron.experiments.reporting.summary import summarize
+from torchkron.experiments.reporting.tables import results_markdown
+from torchkron.experiments.training.progress import Progress
+from torchkron.experiments.training.runs import git_sha, load_complete_runs
+from torchkron.experiments.training.trainer import EpochEvent
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--epochs", "2", "--batch-size", "32", "--test-batch-size", "50", "--jobs", "1"]

@@ -12,15 +12,7 @@ from tests.experiments.run_factory import make_record
 from tests.experiments.synthetic import write_synthetic_mnist
 
 from torchkron.cli import main
-from torchkron.experiments.errors import UserError
-from torchkron.experiments.frontier import (
-    budget_levels,
-    frontier_markdown,
-    frontier_summary,
-    pareto_front,
-    plot_frontier,
-)
-from torchkron.experiments.sweep import (
+from torchkron.experiments.commands.sweep import (
     DEFAULT_RANKS,
     DEFAULT_WIDTHS,
     Grid,
@@ -28,7 +20,15 @@ from torchkron.experiments.sweep import (
     grid_specs,
     kron_config,
 )
-from torchkron.experiments.variants import SEED_VARIANTS, MLPSpec
+from torchkron.experiments.errors import UserError
+from torchkron.experiments.models.variants import SEED_VARIANTS, MLPSpec
+from torchkron.experiments.reporting.frontier import (
+    budget_levels,
+    frontier_markdown,
+    frontier_summary,
+    pareto_front,
+    plot_frontier,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST = ["--epochs", "2", "--batch-size", "32", "--test-batch-size", "50", "--quiet"]

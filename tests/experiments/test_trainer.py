@@ -8,13 +8,13 @@ import pytest
 import torch
 from tests.experiments.synthetic import write_synthetic_mnist
 
-from torchkron.experiments.config import TrainConfig
+from torchkron.experiments.data.mnist import load_mnist
 from torchkron.experiments.errors import UserError
-from torchkron.experiments.mnist import load_mnist
-from torchkron.experiments.optim import FlatAdadelta
-from torchkron.experiments.runs import load_run
-from torchkron.experiments.trainer import EpochEvent, RunPaths, prepare_data, train_run
-from torchkron.experiments.variants import build_mlp, get_variant
+from torchkron.experiments.models.variants import build_mlp, get_variant
+from torchkron.experiments.training.config import TrainConfig
+from torchkron.experiments.training.optim import FlatAdadelta
+from torchkron.experiments.training.runs import load_run
+from torchkron.experiments.training.trainer import EpochEvent, RunPaths, prepare_data, train_run
 
 CONFIG = TrainConfig(epochs=3, batch_size=32, test_batch_size=50)
 

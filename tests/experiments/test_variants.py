@@ -7,7 +7,7 @@ import torch
 
 from torchkron import KronLinear
 from torchkron.experiments.errors import UserError
-from torchkron.experiments.variants import build_mlp, get_variant, reproduction_variants
+from torchkron.experiments.models.variants import build_mlp, get_variant, reproduction_variants
 
 EXPECTED = {
     "original": 496_250,

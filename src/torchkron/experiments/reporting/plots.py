@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from torchkron.experiments.errors import UserError
-from torchkron.experiments.runs import atomic_write_bytes
+from torchkron.experiments.training.runs import atomic_write_bytes
 
 __all__ = ["ACCURACY_PLOT", "DPI", "LOSS_PLOT", "accuracy_floor", "plot_curves"]
 

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from torchkron.experiments.errors import UserError
-from torchkron.experiments.runs import now_iso, write_error
+from torchkron.experiments.training.runs import now_iso, write_error
 
 __all__ = ["LOCK_FILE", "FolderLock", "LockedError"]
 

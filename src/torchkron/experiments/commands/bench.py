@@ -1,4 +1,4 @@
-"""Benchmark suite: ``torchkron bench`` / ``python -m torchkron.experiments.bench``.
+"""Benchmark suite: ``torchkron bench`` / ``python -m torchkron.experiments.commands.bench``.
 
 Times, in the same run and on the same input, every implementation of one Kronecker-
 factored linear map ``y = x @ (sum_r F_1[r] (x) ... (x) F_k[r]).T + b``:
@@ -46,7 +46,7 @@ import torch.utils.benchmark as tbench
 from torch import Tensor, nn
 
 from torchkron import KronLinear
-from torchkron.experiments.runs import cpu_name, cpuinfo_field, git_sha, now_iso
+from torchkron.experiments.training.runs import cpu_name, cpuinfo_field, git_sha, now_iso
 from torchkron.functional import (
     IMPLS,
     choose_impl,
@@ -1240,7 +1240,7 @@ def write_calibration(
 
 def _cli(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m torchkron.experiments.bench", description=__doc__.split("\n\n")[0]
+        prog="python -m torchkron.experiments.commands.bench", description=__doc__.split("\n\n")[0]
     )
     add_arguments(parser)
     from torchkron.experiments.errors import UserError

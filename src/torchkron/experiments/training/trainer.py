@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchkron.experiments.config import TrainConfig
+from torchkron.experiments.data.mnist import MnistData
 from torchkron.experiments.errors import UserError
-from torchkron.experiments.mnist import MnistData
-from torchkron.experiments.optim import FlatAdadelta
-from torchkron.experiments.runs import (
+from torchkron.experiments.models.variants import MLPSpec, build_mlp
+from torchkron.experiments.training.config import TrainConfig
+from torchkron.experiments.training.optim import FlatAdadelta
+from torchkron.experiments.training.runs import (
     SCHEMA,
     RunRecord,
     atomic_write_bytes,
@@ -37,7 +38,6 @@ from torchkron.experiments.runs import (
     record_problem,
     run_filename,
 )
-from torchkron.experiments.variants import MLPSpec, build_mlp
 
 __all__ = ["EpochEvent", "Prepared", "RunPaths", "evaluate", "prepare_data", "train_run"]
 

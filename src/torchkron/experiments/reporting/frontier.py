@@ -1,7 +1,7 @@
 """Sweep run records -> ``summary.json``, ``frontier.md`` and ``frontier.png``.
 
 Pure functions of ``OUT/runs/*.json``: :func:`frontier_summary` reuses
-:func:`torchkron.experiments.summary.summarize` for the per-config statistics over seeds,
+:func:`torchkron.experiments.reporting.summary.summarize` for the per-config statistics over seeds,
 then adds what the frontier needs:
 
 - ``variants[i]["point"]``: the config's series, factors, rank, tying, output layer,
@@ -10,7 +10,7 @@ then adds what the frontier needs:
   no other config has at most as many weights and a higher mean accuracy;
 - ``budgets``: for weight budgets 1, 3, 10, 30, ... the best config, the best dense and the
   best Kronecker config with at most that many weights, compared with the seed-noise
-  criterion of :mod:`torchkron.experiments.findings`;
+  criterion of :mod:`torchkron.experiments.reporting.findings`;
 - ``findings``: answers computed from those (where Kronecker nets win; whether more
   factors, higher rank, tying or a Kronecker output layer pay off, i.e. reach the front).
 
@@ -24,17 +24,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from torchkron.experiments.commands.report import SummaryFiles
 from torchkron.experiments.errors import UserError
-from torchkron.experiments.findings import NOISE_FACTOR, compare
-from torchkron.experiments.report import SummaryFiles
-from torchkron.experiments.runs import (
+from torchkron.experiments.models.variants import SEED_VARIANTS
+from torchkron.experiments.reporting.findings import NOISE_FACTOR, compare
+from torchkron.experiments.reporting.summary import save_summary, summarize
+from torchkron.experiments.reporting.tables import format_duration
+from torchkron.experiments.training.runs import (
     atomic_write_bytes,
     atomic_write_text,
     load_complete_runs,
 )
-from torchkron.experiments.summary import save_summary, summarize
-from torchkron.experiments.tables import format_duration
-from torchkron.experiments.variants import SEED_VARIANTS
 from torchkron.functional import dense_flops, kron_flops
 
 __all__ = [
@@ -574,7 +574,7 @@ def plot_frontier(summary: Summary) -> bytes:
     )
     handles, labels = full.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", fontsize="small")
-    from torchkron.experiments.plots import png_bytes
+    from torchkron.experiments.reporting.plots import png_bytes
 
     return png_bytes(fig, DPI)
 

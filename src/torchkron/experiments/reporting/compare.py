@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from torchkron.experiments.errors import UserError
-from torchkron.experiments.findings import NOISE_FACTOR, pooled_std
-from torchkron.experiments.runs import atomic_write_text
-from torchkron.experiments.summary import IGNORED_CONFIG_KEYS, SUMMARY_FILE
+from torchkron.experiments.reporting.findings import NOISE_FACTOR, pooled_std
+from torchkron.experiments.reporting.summary import IGNORED_CONFIG_KEYS, SUMMARY_FILE
+from torchkron.experiments.training.runs import atomic_write_text
 
 __all__ = [
     "COMPARISON_FILE",
@@ -70,7 +70,7 @@ class VariantComparison:
 
 def default_reference() -> Path | None:
     """``results/mnist`` of the current folder, else of this source checkout, if present."""
-    checkout = Path(__file__).resolve().parents[3]
+    checkout = Path(__file__).resolve().parents[4]
     for candidate in (REFERENCE_DIR, checkout / REFERENCE_DIR):
         if (candidate / SUMMARY_FILE).is_file():
             return candidate

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torchkron.experiments.runs import atomic_write_text
+from torchkron.experiments.training.runs import atomic_write_text
 
 __all__ = [
     "RESULTS_FILE",

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from torchkron.experiments.runs import write_error
-from torchkron.experiments.trainer import EpochEvent
+from torchkron.experiments.training.runs import write_error
+from torchkron.experiments.training.trainer import EpochEvent
 
 __all__ = ["Progress", "format_duration"]
 
@@ -31,7 +31,7 @@ class Progress:
 
     The ETA comes from measured seconds per epoch of each variant (seeded from the
     epochs already done by resumed runs); variants not yet measured are estimated from
-    their modelled cost (:meth:`~torchkron.experiments.variants.MLPSpec.epoch_cost`)
+    their modelled cost (:meth:`~torchkron.experiments.models.variants.MLPSpec.epoch_cost`)
     scaled by how fast the measured ones ran against their model, and the remaining work
     is spread over ``workers``.
 

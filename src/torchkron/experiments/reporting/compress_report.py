@@ -1,7 +1,7 @@
 """Compress run records -> ``compress.json``, ``compress.md`` and ``compress.png``.
 
 Pure functions of ``OUT/runs/*.json``. Per-config statistics over seeds come from
-:func:`torchkron.experiments.summary.summarize`; each fine-tune record's
+:func:`torchkron.experiments.reporting.summary.summarize`; each fine-tune record's
 ``extra.compress`` adds the approximation errors and the accuracy of the dense and the
 just-converted net. One row per (factors, layers, rank) compares, at equal weights:
 
@@ -9,7 +9,7 @@ just-converted net. One row per (factors, layers, rank) compares, at equal weigh
 - (b) converted + fine-tuned for the fine-tune recipe's epochs;
 - (c) the same architecture trained from scratch on the full recipe.
 
-Differences use the seed-noise criterion of :mod:`torchkron.experiments.findings`.
+Differences use the seed-noise criterion of :mod:`torchkron.experiments.reporting.findings`.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from torchkron.experiments.commands.report import SummaryFiles
 from torchkron.experiments.errors import UserError
-from torchkron.experiments.findings import ACCURACY_TOLERANCE_PP, NOISE_FACTOR, compare
-from torchkron.experiments.report import SummaryFiles
-from torchkron.experiments.runs import (
+from torchkron.experiments.reporting.findings import ACCURACY_TOLERANCE_PP, NOISE_FACTOR, compare
+from torchkron.experiments.reporting.summary import summarize
+from torchkron.experiments.training.runs import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     load_complete_runs,
 )
-from torchkron.experiments.summary import summarize
 
 __all__ = [
     "COMPRESS_JSON",
@@ -435,7 +435,7 @@ def plot_compress(summary: Summary) -> bytes:
     err_ax.grid(True, alpha=0.3)
     if err_ax.get_legend_handles_labels()[0]:
         err_ax.legend(fontsize="small")
-    from torchkron.experiments.plots import png_bytes
+    from torchkron.experiments.reporting.plots import png_bytes
 
     return png_bytes(fig, DPI)
 

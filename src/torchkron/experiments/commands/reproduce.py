@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from torchkron.experiments.config import TrainConfig
-from torchkron.experiments.progress import format_duration
-from torchkron.experiments.runner import Job, RunOptions, open_session, run_jobs, track
-from torchkron.experiments.runs import RunRecord, atomic_write_json, environment, now_iso
-from torchkron.experiments.variants import MLPSpec, get_variant, reproduction_variants
+from torchkron.experiments.models.variants import MLPSpec, get_variant, reproduction_variants
+from torchkron.experiments.training.config import TrainConfig
+from torchkron.experiments.training.progress import format_duration
+from torchkron.experiments.training.runner import Job, RunOptions, open_session, run_jobs, track
+from torchkron.experiments.training.runs import RunRecord, atomic_write_json, environment, now_iso
 
 __all__ = [
     "DEFAULT_OUT",
@@ -81,14 +81,14 @@ def reproduce(
         wall = time.perf_counter() - start
         _record_wall_time(options, started_at, wall, len(jobs))
         progress.message(f"all runs done in {format_duration(wall)}; writing the report")
-        from torchkron.experiments.report import report_text, write_report
+        from torchkron.experiments.commands.report import report_text, write_report
 
         paths = write_report(options.out_dir, plots=options.plots)
         text = report_text(_load_summary(paths.summary))
         progress.log(text)
         result = Reproduction(paths.results, text)
         if reference is not None and not _same_folder(reference, options.out_dir):
-            from torchkron.experiments.compare import write_comparison
+            from torchkron.experiments.reporting.compare import write_comparison
 
             path, comparison = write_comparison(options.out_dir, reference)
             progress.log(comparison)

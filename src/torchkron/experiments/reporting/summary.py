@@ -45,8 +45,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torchkron.experiments.findings import findings
-from torchkron.experiments.runs import atomic_write_json, now_iso
+from torchkron.experiments.reporting.findings import findings
+from torchkron.experiments.training.runs import atomic_write_json, now_iso
 
 __all__ = [
     "IGNORED_CONFIG_KEYS",

@@ -10,7 +10,7 @@ weight counts: (a) converted only, (b) converted + fine-tuned, (c) trained from 
 Outputs in ``OUT``: ``runs/finetune-k2-r4-all--seed0.json`` (run records whose
 ``extra.compress`` holds the approximation error per layer and the accuracy of the dense
 and the converted net), ``runs/scratch-k2-r4-all--seed<k>.json``, ``compress.json``,
-``compress.md``, ``compress.png`` (:mod:`torchkron.experiments.compress_report`) and
+``compress.md``, ``compress.png`` (:mod:`torchkron.experiments.reporting.compress_report`) and
 ``compress.log``.
 """
 
@@ -39,11 +39,11 @@ from torchkron.cli import (
     config_from,
     run_options,
 )
-from torchkron.experiments.config import TrainConfig
 from torchkron.experiments.errors import UserError
-from torchkron.experiments.runner import RunOptions
-from torchkron.experiments.runs import RunRecord, atomic_write_json, load_run
-from torchkron.experiments.variants import LayerSpec, MLPSpec, build_mlp
+from torchkron.experiments.models.variants import LayerSpec, MLPSpec, build_mlp
+from torchkron.experiments.training.config import TrainConfig
+from torchkron.experiments.training.runner import RunOptions
+from torchkron.experiments.training.runs import RunRecord, atomic_write_json, load_run
 from torchkron.surgery import KronifyReport, kronify
 
 __all__ = [
@@ -280,7 +280,7 @@ def _reuse_scratch(
 ) -> list[str]:
     """Copy finished sweep runs of the same architecture, seed and recipe into ``out_dir``
     as scratch runs, so they are not trained twice; returns the copied file names."""
-    from torchkron.experiments.trainer import RunPaths
+    from torchkron.experiments.training.trainer import RunPaths
 
     runs_dir = None if reuse is None else reuse / "runs"
     if runs_dir is None or not runs_dir.is_dir():
@@ -334,10 +334,10 @@ def run_compress(
 ) -> Path:
     """Convert, evaluate and fine-tune at every rank, train the scratch arm, write the
     report; returns the path of ``compress.md``."""
-    from torchkron.experiments.compress_report import compress_text, write_compress_report
-    from torchkron.experiments.progress import format_duration
-    from torchkron.experiments.runner import Job, open_session, run_jobs, track
-    from torchkron.experiments.trainer import RunPaths, evaluate, prepare_data, train_run
+    from torchkron.experiments.reporting.compress_report import compress_text, write_compress_report
+    from torchkron.experiments.training.progress import format_duration
+    from torchkron.experiments.training.runner import Job, open_session, run_jobs, track
+    from torchkron.experiments.training.trainer import RunPaths, evaluate, prepare_data, train_run
 
     if config.threads:
         # The recipe's thread count from the start: the SVDs of the conversion are slowed
@@ -442,7 +442,7 @@ _LR_HELP = (
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
-    from torchkron.experiments.compress_report import compress_text, write_compress_report
+    from torchkron.experiments.reporting.compress_report import compress_text, write_compress_report
 
     if args.report_only:
         paths = write_compress_report(args.out, plots=not args.no_plots)

@@ -23,14 +23,20 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from torchkron.experiments.config import TrainConfig
+from torchkron.experiments.data.mnist import FILES, MnistData, find_files, load_mnist
 from torchkron.experiments.errors import DataError, UserError
-from torchkron.experiments.lock import FolderLock
-from torchkron.experiments.mnist import FILES, MnistData, find_files, load_mnist
-from torchkron.experiments.progress import Progress
-from torchkron.experiments.runs import RunRecord, load_run
-from torchkron.experiments.trainer import EpochEvent, Prepared, RunPaths, prepare_data, train_run
-from torchkron.experiments.variants import INPUT_FEATURES, NUM_CLASSES, MLPSpec
+from torchkron.experiments.models.variants import INPUT_FEATURES, NUM_CLASSES, MLPSpec
+from torchkron.experiments.training.config import TrainConfig
+from torchkron.experiments.training.lock import FolderLock
+from torchkron.experiments.training.progress import Progress
+from torchkron.experiments.training.runs import RunRecord, load_run
+from torchkron.experiments.training.trainer import (
+    EpochEvent,
+    Prepared,
+    RunPaths,
+    prepare_data,
+    train_run,
+)
 
 __all__ = [
     "Job",

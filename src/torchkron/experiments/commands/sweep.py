@@ -14,7 +14,7 @@ config's ``family`` (one series of the frontier plot) is its id without the rank
 (``two-kron-mat`` is ``kron-k2-r1-untied-denseout``, ``original`` is ``dense-h625``); their
 descriptions name them and the frontier labels them. Results go to ``OUT/runs`` as
 reproduction run records, then ``OUT/summary.json``, ``frontier.md`` and ``frontier.png``
-(:mod:`torchkron.experiments.frontier`).
+(:mod:`torchkron.experiments.reporting.frontier`).
 """
 
 from __future__ import annotations
@@ -35,10 +35,8 @@ from torchkron.cli import (
     config_from,
     run_options,
 )
-from torchkron.experiments.config import TrainConfig
 from torchkron.experiments.errors import UserError
-from torchkron.experiments.runner import RunOptions
-from torchkron.experiments.variants import (
+from torchkron.experiments.models.variants import (
     HIDDEN_FEATURES,
     INPUT_FEATURES,
     NUM_CLASSES,
@@ -47,6 +45,8 @@ from torchkron.experiments.variants import (
     MLPSpec,
     dense_baseline,
 )
+from torchkron.experiments.training.config import TrainConfig
+from torchkron.experiments.training.runner import RunOptions
 from torchkron.factorization import factor_shapes
 from torchkron.functional import dense_flops, executed_flops
 
@@ -239,9 +239,9 @@ def run_sweep(
 
     Returns the path of ``frontier.md``.
     """
-    from torchkron.experiments.frontier import frontier_text, write_frontier
-    from torchkron.experiments.progress import format_duration
-    from torchkron.experiments.runner import Job, open_session, run_jobs, track
+    from torchkron.experiments.reporting.frontier import frontier_text, write_frontier
+    from torchkron.experiments.training.progress import format_duration
+    from torchkron.experiments.training.runner import Job, open_session, run_jobs, track
 
     jobs = [Job(spec, seed) for spec in specs for seed in range(seeds)]
     with open_session(jobs, options, LOG_FILE) as (progress, mnist):
@@ -274,7 +274,7 @@ def _grid_from(args: argparse.Namespace) -> Grid:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.report_only:
-        from torchkron.experiments.frontier import frontier_text, write_frontier
+        from torchkron.experiments.reporting.frontier import frontier_text, write_frontier
 
         paths = write_frontier(args.out, plots=not args.no_plots)
         print(frontier_text(paths.summary_data))

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from torchkron.experiments.errors import UserError
-from torchkron.experiments.runs import load_complete_runs
-from torchkron.experiments.summary import save_summary, summarize
-from torchkron.experiments.tables import format_duration, verdict, write_results_md
+from torchkron.experiments.reporting.summary import save_summary, summarize
+from torchkron.experiments.reporting.tables import format_duration, verdict, write_results_md
+from torchkron.experiments.training.runs import load_complete_runs
 
 __all__ = [
     "ReportPaths",
@@ -62,7 +62,7 @@ def write_report(out_dir: Path, *, plots: bool = True) -> ReportPaths:
     plot_paths: tuple[Path, ...] = ()
     if plots:
         # Imported here: matplotlib is only needed when plotting.
-        from torchkron.experiments.plots import plot_curves
+        from torchkron.experiments.reporting.plots import plot_curves
 
         plot_paths = tuple(plot_curves(summary, out_dir))
     return ReportPaths(summary_path, results_path, plot_paths)

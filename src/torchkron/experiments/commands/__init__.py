@@ -1,0 +1,1 @@
+"""The ``torchkron`` subcommands, one module each."""

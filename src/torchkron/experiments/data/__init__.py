@@ -1,0 +1,1 @@
+"""Data sets: locating, validating, loading and downloading them."""

@@ -1,0 +1,1 @@
+"""The models the experiments train, built from named variants."""

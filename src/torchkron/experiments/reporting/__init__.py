@@ -1,0 +1,1 @@
+"""Reports: pure functions from run records to summaries, tables, plots, findings."""

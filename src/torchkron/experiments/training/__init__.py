@@ -1,0 +1,1 @@
+"""Training runs: the recipe, the loop, run records, workers, progress, locks."""
