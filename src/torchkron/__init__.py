@@ -14,6 +14,8 @@ from torchkron.factorization import factor_shapes as factor_shapes
 from torchkron.factorization import layer_factorizations as layer_factorizations
 from torchkron.factorization import nearest_kronecker as nearest_kronecker
 from torchkron.linear import KronLinear as KronLinear
+from torchkron.structured import LowRankLinear as LowRankLinear
+from torchkron.structured import MonarchLinear as MonarchLinear
 from torchkron.surgery import KRONIFY_MAPPING as KRONIFY_MAPPING
 from torchkron.surgery import KronifyReport as KronifyReport
 from torchkron.surgery import LayerReport as LayerReport
@@ -24,6 +26,8 @@ __all__ = [
     "KronLinear",
     "KronifyReport",
     "LayerReport",
+    "LowRankLinear",
+    "MonarchLinear",
     "__version__",
     "factor_shapes",
     "functional",

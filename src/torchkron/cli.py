@@ -313,7 +313,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 # Modules that add their own subcommand with ``register(subparsers)``; they import their
 # heavy dependencies only when the subcommand runs.
-_SUBCOMMAND_MODULES = tuple(f"torchkron.experiments.{m}" for m in ("plan", "sweep", "compress"))
+_SUBCOMMAND_MODULES = tuple(
+    f"torchkron.experiments.{m}" for m in ("plan", "sweep", "compress", "commands.lm")
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""LM experiment package."""
