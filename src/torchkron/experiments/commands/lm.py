@@ -19,7 +19,7 @@ from typing import Any
 __all__ = ["register"]
 
 DEFAULT_OUT = "results/lm"
-LOG_FILE = "study.log"
+LOG_FILE = "progress.log"
 
 
 def _pos_int(text: str) -> int:
