@@ -9,10 +9,10 @@ comparisons finish first and an interrupted study is still useful:
 
 1. the learning-rate sweeps (narrower dense models use dense's learning rate);
 2. tier 1, the headline budget (MLP linears at ~3.9% of their dense weights): dense,
-   Kronecker, low-rank, Monarch and the narrower dense MLP, seed 0, then seeds 1 and 2;
+   Kronecker, low-rank, Monarch and the narrower dense MLP: seed 0 of each, then seed 1
+   of each, then seed 2;
 3. tier 2: the whole model narrower (n_embd 64, 96), Kronecker in attention and
-   everywhere, the second budget (~7.8%), Kronecker ranks 1 and 2; seed 0 of all, then
-   seeds 1 and 2;
+   everywhere, the second budget (~7.8%), Kronecker ranks 1 and 2; by seed as tier 1;
 4. tier 3: 3 factors, low-rank and Monarch attention.
 
 Structure strings (``--mlp``/``--attn`` of ``torchkron lm train``): ``dense``,
@@ -280,9 +280,10 @@ def study_plan(
                 description=c.description,
                 extra=_extra(c, "main"),
             )
-            # seed 0 of every config of a priority tier before the other seeds
+            # Within a tier: seed 0 of every config, then seed 1 of every config, ...: an
+            # interrupted study has as many seeds of each config as possible.
             lr_family = LR_FAMILY.get(c.family, c.family)
-            main.append(PlannedJob(job, lr_family, (c.priority // 10, min(seed, 1), c.priority)))
+            main.append(PlannedJob(job, lr_family, (c.priority // 10, seed, c.priority)))
     main.sort(key=lambda p: p.order)
     return StudyPlan(sweep, main)
 
