@@ -257,3 +257,31 @@ def test_every_structure_moves_to_another_dtype() -> None:
     for spec in (LinearSpec("kron", rank=2), LinearSpec("lowrank"), LinearSpec("monarch")):
         model = GPT(tiny_spec(11, attn=spec, mlp=spec)).double()
         assert model(torch.zeros(1, 8, dtype=torch.long)).dtype == torch.float64
+
+
+def test_mnist_sweep_lowrank_baselines() -> None:
+    from torchkron.experiments.sweep import Grid, grid_specs
+    from torchkron.experiments.variants import SEED_VARIANTS, build_mlp
+
+    specs = grid_specs(Grid(factors=(), widths=(), lowrank_ranks=(1,)))
+    assert {s.name: s.weights() for s in specs} == {
+        "lowrank-r1-denseout": 1409 + 6250,
+        "lowrank-r1-kronout": 1409 + 175,
+    }
+    model = build_mlp(specs[0])
+    assert isinstance(model.hidden, LowRankLinear)
+    assert model(torch.zeros(2, 784)).shape == (2, 10)
+    assert "lowrank" in specs[0].to_dict()["hidden"]
+    # other layers serialise as before, so earlier run files still match the seed variants
+    assert "lowrank" not in SEED_VARIANTS[0].to_dict()["hidden"]
+    assert not grid_specs(Grid(factors=(), widths=(1,)))[0].hidden.lowrank
+
+
+def test_plan_orders_by_seed_within_a_tier() -> None:
+    plan = study_plan(vocab_size=65, base=LMConfig(), only=["dense", "kron-mlp-k2-r4", "dense-e64"])
+    order = [(p.job.name, p.job.seed) for p in plan.main]
+    assert order == [
+        ("dense", 0), ("kron-mlp-k2-r4", 0), ("dense", 1), ("kron-mlp-k2-r4", 1),
+        ("dense", 2), ("kron-mlp-k2-r4", 2), ("dense-e64", 0), ("dense-e64", 1),
+        ("dense-e64", 2),
+    ]  # fmt: skip
