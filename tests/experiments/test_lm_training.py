@@ -285,3 +285,23 @@ def test_plan_orders_by_seed_within_a_tier() -> None:
         ("dense", 2), ("kron-mlp-k2-r4", 2), ("dense-e64", 0), ("dense-e64", 1),
         ("dense-e64", 2),
     ]  # fmt: skip
+
+
+def test_cli_train_one_run(
+    text_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "lm", "train", "--mlp", "monarch:b4", "--attn", "lowrank:r2", "--out", str(tmp_path),
+        "--data-dir", str(text_dir), "--any-text", "--iters", "4", "--eval-interval", "2",
+        "--eval-iters", "1", "--n-layer", "1", "--n-embd", "16", "--block-size", "8",
+        "--quiet",
+    ]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("attn_lowrankr2-mlp_monarchb4-e16 seed 0: ")
+    record = json.loads(
+        (tmp_path / "runs" / "attn_lowrankr2-mlp_monarchb4-e16--seed0.json").read_text()
+    )
+    assert record["spec"]["mlp"]["kind"] == "monarch"
+    assert record["history"]["iter"] == [2, 4]
+    assert main([*args[:-1], "--lr", "0.5"]) == 2  # existing run, no --resume
