@@ -24,7 +24,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torchkron.experiments.errors import UserError
@@ -97,6 +97,8 @@ class LMConfigSpec:
         budget: budget label (``b4`` ~3.9%, ``b8`` ~7.8%), or ``""``.
         priority: position in the run order (lower first), seed 0.
         description: one line for tables.
+        fixed_lr: train at the recipe's ``--lr`` instead of the family's best.
+        max_seeds: at most this many seeds (0: all of ``--seeds``).
     """
 
     name: str
@@ -106,6 +108,8 @@ class LMConfigSpec:
     budget: str
     priority: int
     description: str
+    fixed_lr: bool = False
+    max_seeds: int = 0
 
 
 def _cfg(
@@ -117,6 +121,8 @@ def _cfg(
     *,
     attn: LinearSpec = DENSE,
     mlp: LinearSpec = DENSE,
+    fixed_lr: bool = False,
+    max_seeds: int = 0,
     **model: Any,
 ) -> LMConfigSpec:
     spec = GPTSpec(attn=attn, mlp=mlp, **model)
@@ -129,9 +135,10 @@ def _cfg(
         parts.append(f"dense MLP hidden {model['mlp_hidden']}")
     if model.get("n_embd"):
         parts.append(f"dense, n_embd {model['n_embd']}")
-    return LMConfigSpec(
-        name, spec, family, group, budget, priority, ", ".join(parts) or "dense (nanoGPT)"
-    )
+    what = ", ".join(parts) or "dense (nanoGPT)"
+    if fixed_lr:
+        what += ", the recipe's lr (nanoGPT anchor)"
+    return LMConfigSpec(name, spec, family, group, budget, priority, what, fixed_lr, max_seeds)
 
 
 def study_configs(vocab_size: int = 65) -> list[LMConfigSpec]:
@@ -159,6 +166,8 @@ def study_configs(vocab_size: int = 65) -> list[LMConfigSpec]:
         _cfg("lowrank-mlp-r4", "lowrank", "mlp", "b4", 12, mlp=low(4)),
         _cfg("monarch-mlp-b32", "monarch", "mlp", "b4", 13, mlp=mon(32)),
         _cfg("narrow-mlp-h20", "narrow", "mlp", "b4", 14, mlp_hidden=20),
+        # the recipe exactly (lr 1e-3, not swept), one seed: the check against nanoGPT's 1.88
+        _cfg("dense-recipe", "dense", "none", "", 15, fixed_lr=True, max_seeds=1),
         # tier 2: whole model narrower, Kronecker elsewhere, the second budget, ranks
         _cfg("dense-e64", "narrow", "model", "", 20, n_embd=64),
         _cfg("kron-both-k2-r4", "kron", "both", "b4", 21, attn=kron(4), mlp=kron(4)),
@@ -175,11 +184,7 @@ def study_configs(vocab_size: int = 65) -> list[LMConfigSpec]:
         _cfg("lowrank-attn-r4", "lowrank", "attn", "b4", 31, attn=low(4)),
         _cfg("monarch-attn-b32", "monarch", "attn", "b4", 32, attn=mon(32)),
     ]
-    return [LMConfigSpec(c.name, c.spec.with_(vocab_size=vocab_size), *_rest(c)) for c in configs]
-
-
-def _rest(c: LMConfigSpec) -> tuple[str, str, str, int, str]:
-    return (c.family, c.group, c.budget, c.priority, c.description)
+    return [replace(c, spec=c.spec.with_(vocab_size=vocab_size)) for c in configs]
 
 
 #: The config each family's learning rate is chosen on.
@@ -270,7 +275,7 @@ def study_plan(
             )
     main: list[PlannedJob] = []
     for c in configs:
-        for seed in range(seeds):
+        for seed in range(min(seeds, c.max_seeds) if c.max_seeds else seeds):
             job = LMJob(
                 c.name,
                 c.spec,
@@ -282,7 +287,7 @@ def study_plan(
             )
             # Within a tier: seed 0 of every config, then seed 1 of every config, ...: an
             # interrupted study has as many seeds of each config as possible.
-            lr_family = LR_FAMILY.get(c.family, c.family)
+            lr_family = None if c.fixed_lr else LR_FAMILY.get(c.family, c.family)
             main.append(PlannedJob(job, lr_family, (c.priority // 10, seed, c.priority)))
     main.sort(key=lambda p: p.order)
     return StudyPlan(sweep, main)
