@@ -89,7 +89,9 @@ def test_summary_table_findings_and_missing_runs(tmp_path: Path) -> None:
     low = findings["MLP at 3.9% of dense weights: Kronecker vs low-rank"]
     assert low["verdict"] == "lower"
     assert low["gap"] == pytest.approx(2.01 - 2.105)
-    assert findings["dense baseline vs nanoGPT's 1.88 anchor"]["gap"] == pytest.approx(0.03)
+    assert findings["dense (lr 0.001) vs nanoGPT's 1.88 anchor"]["gap"] == pytest.approx(0.03)
+    assert "dense-recipe seed 0" in summary["missing_main"]
+    assert "dense-recipe seed 1" not in summary["missing_main"]  # planned with one seed
     assert (
         "not measured yet (monarch-mlp-b32 missing)"
         in (findings["MLP at 3.9% of dense weights: Kronecker vs Monarch"]["text"])

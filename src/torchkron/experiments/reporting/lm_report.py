@@ -101,6 +101,7 @@ def _expected() -> tuple[list[tuple[str, int]], list[dict[str, Any]]]:
             "budget": c.budget,
             "tier": c.priority // 10,
             "description": c.description,
+            "seeds_planned": min(SEEDS, c.max_seeds) if c.max_seeds else SEEDS,
         }
         for c in configs
     ]
@@ -126,7 +127,7 @@ def summarize(records: Sequence[RunRecord]) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for row in config_rows + [
         {"config": n, "family": rs[0]["family"], "group": "custom", "budget": "", "tier": 9,
-         "description": rs[0]["description"]}
+         "description": rs[0]["description"], "seeds_planned": len(rs)}
         for n, rs in by_config.items()
         if n not in known
     ]:  # fmt: skip
@@ -175,7 +176,7 @@ def summarize(records: Sequence[RunRecord]) -> dict[str, Any]:
         f"{row['config']} seed {s}"
         for row in rows
         if row["tier"] < 9
-        for s in range(SEEDS)
+        for s in range(row["seeds_planned"])
         if s not in row["seeds_done"]
     ]
     env = records[0]["environment"] if records else {}
@@ -227,14 +228,17 @@ def _findings(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         text, c = _fmt_cmp(ra, rb)
         out.append({"question": question, "text": text, **c})
 
-    dense = _row(rows, "dense")
-    if dense is not None:
+    for name in ("dense-recipe", "dense"):
+        dense = _row(rows, name)
+        if dense is None:
+            continue
         gap = dense["val_mean"] - NANOGPT_ANCHOR
         out.append(
             {
-                "question": "dense baseline vs nanoGPT's 1.88 anchor",
-                "text": f"dense {dense['val_mean']:.3f} (full validation split; fixed batches "
-                f"{dense['val_fixed_mean']:.3f}), {gap:+.3f} vs 1.88",
+                "question": f"{name} (lr {dense['lr']:g}) vs nanoGPT's 1.88 anchor",
+                "text": f"{name} {dense['val_mean']:.3f} (full validation split; fixed batches "
+                f"{dense['val_fixed_mean']:.3f}; n = {len(dense['val_losses'])}), "
+                f"{gap:+.3f} vs 1.88",
                 "gap": gap,
             }
         )
@@ -305,7 +309,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
     for r in summary["rows"]:
         if not r.get("val_losses"):
             lines.append(
-                f"| {r['config']} | {r['description']} | | | | | | | not run yet | 0/{SEEDS} |"
+                f"| {r['config']} | {r['description']} | | | | | | | not run yet | "
+                f"0/{r['seeds_planned']} |"
             )
             continue
         std = f" ± {r['val_std']:.3f}" if r["val_std"] is not None else ""
@@ -313,7 +318,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
             f"| {r['config']} | {r['description']} | {r['lr']:g} | {r['attn_weights']:,} | "
             f"{r['mlp_weights']:,} | {r['parameters']:,} | {r['flops_per_token'] / 1e6:.2f}M | "
             f"{r['step_seconds']:.3f} | {r['val_mean']:.3f}{std} | "
-            f"{len(r['val_losses'])}/{SEEDS} |"
+            f"{len(r['val_losses'])}/{r['seeds_planned']} |"
         )
     lines += ["", "## Learning-rate sweep (seed 0, 500 iterations)", ""]
     if summary["sweep"]:
