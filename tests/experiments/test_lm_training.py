@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -305,3 +306,32 @@ def test_cli_train_one_run(
     assert record["spec"]["mlp"]["kind"] == "monarch"
     assert record["history"]["iter"] == [2, 4]
     assert main([*args[:-1], "--lr", "0.5"]) == 2  # existing run, no --resume
+
+
+@pytest.mark.slow
+def test_jobs_2_waits_for_the_sweep_and_uses_its_best_lr(text_dir: Path, tmp_path: Path) -> None:
+    from torchkron.experiments.training.lm_runner import LMProgress, best_lr, run_plan
+
+    data = load_text(text_dir, download=False, check_md5=False)
+    plan = study_plan(
+        vocab_size=data.vocab_size,
+        base=tiny_config(iters=4, eval_interval=2, eval_iters=1),
+        lrs=(1e-3, 3e-2),
+        sweep_iters=4,
+        seeds=1,
+        only=["narrow-mlp-h20"],
+    )
+    small = {"n_layer": 1, "n_embd": 16, "block_size": 8}
+    plan = type(plan)(
+        [replace(j, spec=j.spec.with_(**small)) for j in plan.sweep],
+        [replace(p, job=replace(p.job, spec=p.job.spec.with_(**small))) for p in plan.main],
+    )
+    progress = LMProgress(quiet=True, log_path=tmp_path / "progress.log")
+    records = run_plan(
+        plan, data, out_dir=tmp_path, command="t", workers=2, progress=progress, check_md5=False
+    )
+    sweep = [r for r in records if r["extra"]["phase"] == "lr-sweep"]
+    (main_run,) = [r for r in records if r["extra"]["phase"] == "main"]
+    assert len(sweep) == 2
+    assert main_run["config"]["lr"] == best_lr(sweep)
+    assert "family dense: best learning rate" in (tmp_path / "progress.log").read_text()
