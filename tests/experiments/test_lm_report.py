@@ -98,7 +98,7 @@ def test_summary_table_findings_and_missing_runs(tmp_path: Path) -> None:
     )
     md = report_markdown(summary)
     assert "| narrow-mlp-h20 | dense MLP hidden 20 | | | | | | | not run yet | 0/3 |" in md
-    assert "At the top of the grid for: dense" in md  # best of the rates that ran
+    assert "Best at an end of the grid: dense (highest rate" in md  # of the rates that ran
     paths = write_report(out, plots=True)
     assert [p.name for p in paths] == [
         "summary.json",

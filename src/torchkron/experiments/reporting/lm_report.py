@@ -328,16 +328,15 @@ def report_markdown(summary: dict[str, Any]) -> str:
             lines.append(
                 f"| {s['family']} | {s['config']} | {s['lr']:g} | {s['val_loss']:.3f} | {mark} |"
             )
-        edge = [
-            f for f, lr in summary["best_lr"].items()
-            if lr == max(s["lr"] for s in summary["sweep"] if s["family"] == f)
-        ]  # fmt: skip
-        if edge:
-            lines += [
-                "",
-                f"At the top of the grid for: {', '.join(edge)} (a higher learning rate "
-                "might be better still).",
-            ]
+        edges = []
+        for fam, lr in summary["best_lr"].items():
+            rates = [s["lr"] for s in summary["sweep"] if s["family"] == fam]
+            if len(rates) > 1 and lr == max(rates):
+                edges.append(f"{fam} (highest rate: a higher one might be better still)")
+            elif len(rates) > 1 and lr == min(rates):
+                edges.append(f"{fam} (lowest rate: a lower one might be better still)")
+        if edges:
+            lines += ["", f"Best at an end of the grid: {'; '.join(edges)}."]
     else:
         lines.append("No sweep run finished yet.")
     lines += [
