@@ -335,3 +335,11 @@ def test_jobs_2_waits_for_the_sweep_and_uses_its_best_lr(text_dir: Path, tmp_pat
     assert len(sweep) == 2
     assert main_run["config"]["lr"] == best_lr(sweep)
     assert "family dense: best learning rate" in (tmp_path / "progress.log").read_text()
+
+
+def test_bench_command(tmp_path: Path) -> None:
+    args = ["lm", "bench", "--configs", "dense", "lowrank-mlp-r4", "--rounds", "2"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "step_bench.json").read_text())
+    assert [r["config"] for r in result["rows"]] == ["dense", "lowrank-mlp-r4"]
+    assert result["rows"][0]["ratio_vs_dense"] == 1.0

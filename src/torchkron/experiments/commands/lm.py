@@ -311,6 +311,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from torchkron.experiments.runs import atomic_write_json, atomic_write_text
+    from torchkron.experiments.training.lm_bench import bench_markdown, bench_steps, study_specs
+
+    specs = study_specs(args.configs or ())
+    if not specs:
+        from torchkron.experiments.errors import UserError
+
+        raise UserError("--configs matches no study config; see `torchkron lm sweep --list`.")
+    result = bench_steps(specs, rounds=args.rounds, threads=args.threads)
+    text = bench_markdown(result, args.note)
+    atomic_write_json(args.out / "step_bench.json", result)
+    atomic_write_text(args.out / "step_bench.md", text)
+    print(text)
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add ``torchkron lm`` with its ``train``, ``sweep`` and ``report`` subcommands."""
     lm = subparsers.add_parser(
@@ -366,6 +383,17 @@ def register(subparsers: Any) -> None:
     _add_data(p)
     _add_common(p)
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser(
+        "bench",
+        help="time a training step of study configs side by side (OUT/step_bench.md)",
+    )
+    p.add_argument("--configs", nargs="+", metavar="ID", help="config ids (default: all)")
+    p.add_argument("--rounds", type=_pos_int, default=15, help="timed steps per config")
+    p.add_argument("--threads", type=_pos_int, default=1, help="torch threads (default 1)")
+    p.add_argument("--note", default="", help="a line about the machine's state")
+    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="default %(default)s")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("report", help="table, plots and findings from DIR/runs alone")
     p.add_argument("dir", type=Path, nargs="?", default=Path(DEFAULT_OUT), metavar="DIR")

@@ -402,7 +402,13 @@ def write_report(out_dir: Path, *, plots: bool = True) -> list[Path]:
     summary = summarize(load_lm_runs(out_dir))
     paths = [out_dir / "summary.json", out_dir / "results.md"]
     atomic_write_json(paths[0], summary)
-    atomic_write_text(paths[1], report_markdown(summary))
+    text = report_markdown(summary)
+    if (out_dir / "step_bench.md").exists():
+        text += (
+            "\nStep times measured side by side (the table's step times depend on the load "
+            "while each run trained): [step_bench.md](step_bench.md).\n"
+        )
+    atomic_write_text(paths[1], text)
     if plots and any(r.get("val_losses") for r in summary["rows"]):
         p1, p2 = out_dir / "frontier_params.png", out_dir / "frontier_time.png"
         _plot(summary, "parameters", "trainable parameters (log)", p1)
