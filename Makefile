@@ -20,8 +20,10 @@ BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 PIP   := $(BIN)/python -m pip
 DATA_ARG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+LM_DATA_DIR ?= $(if $(wildcard ../shared/data/tinyshakespeare),../shared/data/tinyshakespeare,)
+LM_DATA_ARG := $(if $(LM_DATA_DIR),--data-dir $(LM_DATA_DIR),)
 
-.PHONY: venv test lint typecheck check reproduce report results readme bench sweep compress clean
+.PHONY: venv test lint typecheck check reproduce report results readme bench sweep compress lm lm-report clean
 
 venv: $(STAMP)
 
@@ -80,6 +82,13 @@ sweep: $(STAMP)
 
 compress: $(STAMP)
 	$(BIN)/torchkron compress --layers hidden --reuse-from results/sweep $(DATA_ARG) $(ARGS)
+
+# The GPT study (docs/lm.md): lr sweeps, then every config x 3 seeds; resumable.
+lm: $(STAMP)
+	$(BIN)/torchkron lm sweep --out results/lm --resume --jobs 2 $(LM_DATA_ARG) $(ARGS)
+
+lm-report: $(STAMP)
+	$(BIN)/torchkron lm report results/lm
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

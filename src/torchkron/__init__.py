@@ -18,6 +18,8 @@ from torchkron.factorization import nearest_kronecker as nearest_kronecker
 from torchkron.linear import KronLinear as KronLinear
 from torchkron.serialization import load as load
 from torchkron.serialization import save as save
+from torchkron.structured import LowRankLinear as LowRankLinear
+from torchkron.structured import MonarchLinear as MonarchLinear
 from torchkron.surgery import KRONIFY_MAPPING as KRONIFY_MAPPING
 from torchkron.surgery import DenseView as DenseView
 from torchkron.surgery import KronifyReport as KronifyReport
@@ -37,6 +39,8 @@ __all__ = [
     "KronifyReport",
     "LayerConverter",
     "LayerReport",
+    "LowRankLinear",
+    "MonarchLinear",
     "RankClippedWarning",
     "Unconvertible",
     "__version__",

@@ -354,7 +354,7 @@ def _build_parser() -> argparse.ArgumentParser:
 # Modules that add their own subcommand with ``register(subparsers)``; they import their
 # heavy dependencies only when the subcommand runs.
 _SUBCOMMAND_MODULES = tuple(
-    f"torchkron.experiments.commands.{m}" for m in ("plan", "sweep", "compress")
+    f"torchkron.experiments.commands.{m}" for m in ("plan", "sweep", "compress", "lm")
 )
 
 

@@ -6,7 +6,10 @@ The grid (every config x every seed, each one run of the reproduction's trainer)
   (:func:`torchkron.factor_shapes`), Kronecker rank ``R`` from :data:`DEFAULT_RANKS`,
   tied (only where every factor has the same shape: ``k = 2``, 25x28 twice) and untied,
   each with a dense or a Kronecker (5x25 (x) 2x25) hidden-output layer;
-- dense 784 -> h -> 10 MLPs over the widths :data:`DEFAULT_WIDTHS`.
+- dense 784 -> h -> 10 MLPs over the widths :data:`DEFAULT_WIDTHS`;
+- with ``--lowrank-ranks R ...``, low-rank ``W = U V^T`` input-hidden layers (rank 1:
+  1,409 weights, so 7,659 with the dense and 1,584 with the Kronecker hidden-output
+  layer, the seed's ~7k and ~1.5k budgets), ids ``lowrank-r1-denseout``.
 
 Config ids are stable and readable: ``kron-k3-r4-untied-denseout``, ``dense-h64``. A
 config's ``family`` (one series of the frontier plot) is its id without the rank:
@@ -87,6 +90,9 @@ DEFAULT_WIDTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, HIDDEN_FEATURES)
 #: The seed's hidden-output factorisation, 625 -> 10 as P (x) Q.
 OUTPUT_KRON_SHAPES = ((5, 25), (2, 25))
 DENSE_FAMILY = "dense-width"
+#: Low-rank baselines are opt-in (``--lowrank-ranks 1``) so the default grid, and the
+#: committed sweep it describes, stay as they are.
+DEFAULT_LOWRANK_RANKS: tuple[int, ...] = ()
 OUTPUTS = ("dense", "kron")
 TIES = ("untied", "tied")
 DENSE_HIDDEN_WEIGHTS = INPUT_FEATURES * HIDDEN_FEATURES
@@ -143,6 +149,20 @@ def kron_config(factors: int, rank: int, tied: bool, output: str, *, order: int)
     )
 
 
+def lowrank_config(rank: int, output: str, *, order: int) -> MLPSpec:
+    """The MLP with a rank-``rank`` low-rank input-hidden layer, e.g. ``lowrank-r1-kronout``."""
+    hidden = LayerSpec(INPUT_FEATURES, HIDDEN_FEATURES, lowrank=rank)
+    out = _output_layer(output)
+    return MLPSpec(
+        f"lowrank-r{rank}-{output}out",
+        f"input-hidden = {hidden.describe()}, hidden-output = {out.describe()}",
+        hidden,
+        out,
+        family=f"lowrank-{output}out",
+        order=order,
+    )
+
+
 def dense_config(width: int, *, order: int) -> MLPSpec:
     """The dense 784 -> ``width`` -> 10 MLP, id ``dense-h<width>``."""
     spec = dense_baseline(width)
@@ -164,6 +184,8 @@ class Grid:
         ties: ``"untied"`` and/or ``"tied"`` (tied only where possible).
         outputs: hidden-output layers, ``"dense"`` and/or ``"kron"``.
         widths: dense baseline widths (empty: no dense configs).
+        lowrank_ranks: ranks of low-rank input-hidden baselines (empty: none), each with
+            the selected hidden-output layers.
         only: shell patterns on config ids; when given, a config must match one.
     """
 
@@ -173,6 +195,7 @@ class Grid:
     outputs: tuple[str, ...] = OUTPUTS
     widths: tuple[int, ...] = DEFAULT_WIDTHS
     only: tuple[str, ...] = ()
+    lowrank_ranks: tuple[int, ...] = DEFAULT_LOWRANK_RANKS
 
 
 def _kron_specs(grid: Grid) -> list[MLPSpec]:
@@ -210,6 +233,12 @@ def grid_specs(grid: Grid) -> list[MLPSpec]:
     """
     specs = [dense_config(h, order=min(h, 999)) for h in sorted(set(grid.widths))]
     specs += [s for s in _kron_specs(grid) if s.hidden.weights() < DENSE_HIDDEN_WEIGHTS]
+    specs += [
+        lowrank_config(r, output, order=9000 + 10 * oi + min(r, 9))
+        for r in sorted(set(grid.lowrank_ranks))
+        for oi, output in enumerate(OUTPUTS)
+        if output in grid.outputs
+    ]
     for pattern in grid.only:
         if not any(fnmatch.fnmatchcase(s.name, pattern) for s in specs):
             raise UserError(
@@ -269,6 +298,7 @@ def _grid_from(args: argparse.Namespace) -> Grid:
         outputs=tuple(args.outputs),
         widths=tuple(args.widths),
         only=tuple(args.only or ()),
+        lowrank_ranks=tuple(args.lowrank_ranks),
     )
 
 
@@ -340,6 +370,15 @@ def register(subparsers: Any) -> None:
         default=list(DEFAULT_WIDTHS),
         metavar="H",
         help="dense 784-H-10 baseline widths (default 1 2 4 ... 512 625; none: no dense)",
+    )
+    g.add_argument(
+        "--lowrank-ranks",
+        type=_positive_int,
+        nargs="*",
+        default=list(DEFAULT_LOWRANK_RANKS),
+        metavar="R",
+        help="low-rank U V^T input-hidden baselines of these ranks (default none; rank 1 "
+        "has 7,659 / 1,584 weights with a dense / Kronecker hidden-output layer)",
     )
     g.add_argument(
         "--only",

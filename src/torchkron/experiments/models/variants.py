@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchkron.experiments.errors import UserError
 from torchkron.functional import dense_flops, executed_flops
 from torchkron.linear import KronLinear
+from torchkron.structured import LowRankLinear
 
 __all__ = [
     "INPUT_FEATURES",
@@ -38,15 +39,19 @@ NUM_CLASSES = 10
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One fully connected layer: dense, or Kronecker with the given factor shapes."""
+    """One fully connected layer: dense, Kronecker with the given factor shapes, or
+    low-rank ``W = U V^T`` (``lowrank`` = its rank, with ``shapes=None``)."""
 
     in_features: int
     out_features: int
     shapes: tuple[tuple[int, int], ...] | None = None  # None: dense nn.Linear
     rank: int = 1
     tied: bool = False
+    lowrank: int = 0  # > 0: a LowRankLinear of this rank (a baseline, not Kronecker)
 
     def build(self) -> nn.Module:
+        if self.lowrank:
+            return LowRankLinear(self.in_features, self.out_features, self.lowrank)
         if self.shapes is None:
             return nn.Linear(self.in_features, self.out_features)
         return KronLinear(
@@ -59,6 +64,8 @@ class LayerSpec:
 
     def flops(self) -> int:
         """Forward FLOPs per sample (bias excluded)."""
+        if self.lowrank:
+            return 2 * self.lowrank * (self.in_features + self.out_features)
         if self.shapes is None:
             return dense_flops(self.in_features, self.out_features)
         outs, ins = zip(*self.shapes, strict=True)
@@ -66,12 +73,17 @@ class LayerSpec:
 
     def weights(self) -> int:
         """Weight count, biases excluded (a tied factor counted once)."""
+        if self.lowrank:
+            return self.lowrank * (self.in_features + self.out_features)
         if self.shapes is None:
             return self.in_features * self.out_features
         sizes = [o * n for o, n in self.shapes]
         return self.rank * (sizes[0] if self.tied else sum(sizes))
 
     def describe(self) -> str:
+        if self.lowrank:
+            r = self.lowrank
+            return f"low-rank U V^T ({self.out_features}x{r}, {self.in_features}x{r})"
         if self.shapes is None:
             return f"dense {self.in_features}x{self.out_features}"
         names = ["U", "V", "S", "T"]
@@ -110,6 +122,10 @@ class MLPSpec:
     def to_dict(self) -> dict[str, Any]:
         """As stored in run files (JSON types: tuples become lists)."""
         converted: dict[str, Any] = json.loads(json.dumps(asdict(self)))
+        for layer in ("hidden", "output"):
+            # Only low-rank layers store the key, so earlier run files keep matching.
+            if not converted[layer].get("lowrank"):
+                converted[layer].pop("lowrank", None)
         return converted
 
 

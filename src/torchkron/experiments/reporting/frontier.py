@@ -70,6 +70,8 @@ _PAYS_OFF = (
 
 
 def _layer_flops(layer: Mapping[str, Any]) -> int:
+    if layer.get("lowrank"):
+        return 2 * int(layer["lowrank"]) * (int(layer["in_features"]) + int(layer["out_features"]))
     shapes = layer.get("shapes")
     if shapes is None:
         return dense_flops(int(layer["in_features"]), int(layer["out_features"]))
@@ -102,6 +104,11 @@ def point_of(record: Record) -> dict[str, Any]:
         "flops": _layer_flops(hidden) + _layer_flops(output),
         "seed_variant": _seed_variant(spec),
     }
+    if hidden.get("lowrank"):  # a low-rank baseline: its own series, by output layer
+        r = int(hidden["lowrank"])
+        point |= {"series": f"lowrank-{out}out", "kind": "lowrank", "rank": r}
+        point["hidden_weights"] = r * (int(hidden["in_features"]) + int(hidden["out_features"]))
+        return point
     if shapes is None:
         point["width"] = int(hidden["out_features"])
         point["hidden_weights"] = int(hidden["in_features"]) * int(hidden["out_features"])

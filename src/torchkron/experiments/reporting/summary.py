@@ -222,7 +222,10 @@ def _is_dense(variant: Mapping[str, Any], spec: Mapping[str, Any] | None) -> boo
     if variant["family"] == "dense-baseline":
         return True
     layers = [(spec or {}).get(k) for k in ("hidden", "output")]
-    return all(isinstance(layer, Mapping) and layer.get("shapes") is None for layer in layers)
+    return all(
+        isinstance(layer, Mapping) and layer.get("shapes") is None and not layer.get("lowrank")
+        for layer in layers
+    )
 
 
 def _set_compression(variants: list[dict[str, Any]], specs: Mapping[str, Any]) -> str | None:

@@ -1,0 +1,401 @@
+"""``torchkron lm``: a character-level GPT on Tiny Shakespeare, dense or structured.
+
+- ``torchkron lm train``: one (config, seed), structure of each layer group from
+  ``--attn`` / ``--mlp`` (``dense``, ``kron:k2:r4``, ``lowrank:r4``, ``monarch:b32``).
+- ``torchkron lm sweep``: the CPU study (:mod:`torchkron.experiments.training.lm_study`):
+  learning-rate sweeps per structure family, then every config with 3 seeds.
+- ``torchkron lm report DIR``: table, frontier plots and findings from ``DIR/runs``.
+
+Heavy imports (torch, matplotlib) happen only when a subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+DEFAULT_OUT = "results/lm"
+LOG_FILE = "progress.log"
+
+
+def _pos_int(text: str) -> int:
+    from torchkron.cli import _positive_int
+
+    return _positive_int(text)
+
+
+def _nonneg_int(text: str) -> int:
+    from torchkron.cli import _non_negative_int
+
+    return _non_negative_int(text)
+
+
+def _pos_float(text: str) -> float:
+    from torchkron.cli import _positive_float
+
+    return _positive_float(text)
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder with Tiny Shakespeare's input.txt (or the file); default: "
+        "$TORCHKRON_DATA, else ~/.cache/torchkron/tinyshakespeare (downloaded there if "
+        "missing, md5-checked)",
+    )
+    p.add_argument(
+        "--no-download", action="store_true", help="fail instead of downloading a missing file"
+    )
+    p.add_argument(
+        "--any-text",
+        action="store_true",
+        help="accept a text file that is not Tiny Shakespeare (no md5 check; for smoke tests)",
+    )
+
+
+def _add_recipe(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recipe (nanoGPT shakespeare_char CPU defaults)")
+    g.add_argument("--iters", type=_pos_int, default=2000, help="steps (default %(default)s)")
+    g.add_argument("--batch-size", type=_pos_int, default=12, help="default %(default)s")
+    g.add_argument("--lr", type=_pos_float, default=1e-3, help="peak lr (default %(default)s)")
+    g.add_argument(
+        "--min-lr", type=_nonneg_float, default=0.0, help="final lr (default 0: lr / 10)"
+    )
+    g.add_argument("--warmup-iters", type=_nonneg_int, default=100, help="default %(default)s")
+    g.add_argument(
+        "--lr-decay-iters", type=_nonneg_int, default=0, help="end of the cosine (0: --iters)"
+    )
+    g.add_argument("--beta1", type=float, default=0.9, help="default %(default)s")
+    g.add_argument("--beta2", type=float, default=0.99, help="default %(default)s")
+    g.add_argument("--weight-decay", type=_nonneg_float, default=0.1, help="default %(default)s")
+    g.add_argument(
+        "--grad-clip", type=_nonneg_float, default=1.0, help="0: none (default %(default)s)"
+    )
+    g.add_argument("--eval-interval", type=_pos_int, default=250, help="default %(default)s")
+    g.add_argument(
+        "--eval-iters", type=_pos_int, default=20, help="fixed batches per split (default 20)"
+    )
+    g.add_argument(
+        "--no-full-eval", action="store_true", help="skip the full validation split at the end"
+    )
+    g.add_argument(
+        "--threads", type=_nonneg_int, default=1, help="torch threads per run (0: default)"
+    )
+    g.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
+
+
+def _add_model(p: argparse.ArgumentParser, *, structures: bool) -> None:
+    g = p.add_argument_group("model (nanoGPT shakespeare_char CPU defaults)")
+    g.add_argument("--n-layer", type=_pos_int, default=4)
+    g.add_argument("--n-head", type=_pos_int, default=4)
+    g.add_argument(
+        "--n-embd", type=_pos_int, default=None, help="width (default 128; sweep: per config)"
+    )
+    g.add_argument("--block-size", type=_pos_int, default=64)
+    g.add_argument("--dropout", type=_nonneg_float, default=0.0)
+    g.add_argument("--bias", action="store_true", help="biases in linears and LayerNorms")
+    g.add_argument("--init", choices=("gpt2", "linear"), default="gpt2")
+    if structures:
+        g.add_argument("--mlp-hidden", type=_nonneg_int, default=0, help="0: 4 * n_embd")
+        g.add_argument("--attn", default="dense", help="attention linears, e.g. kron:k2:r4")
+        g.add_argument("--mlp", default="dense", help="MLP linears, e.g. lowrank:r4")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="default %(default)s")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep finished runs, continue interrupted ones from their last checkpoint",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress lines (log still written)")
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from torchkron.experiments.training.lm_trainer import LMConfig
+
+    return LMConfig(
+        iters=args.iters,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        warmup_iters=args.warmup_iters,
+        lr_decay_iters=args.lr_decay_iters,
+        beta1=args.beta1,
+        beta2=args.beta2,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        eval_interval=args.eval_interval,
+        eval_iters=args.eval_iters,
+        full_eval=not args.no_full_eval,
+        threads=args.threads,
+        device=args.device,
+    )
+
+
+def _model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {
+        "n_layer": args.n_layer,
+        "n_head": args.n_head,
+        "block_size": args.block_size,
+        "dropout": args.dropout,
+        "bias": args.bias,
+        "init": args.init,
+    }
+    return kw
+
+
+def _load(args: argparse.Namespace, progress: Any) -> Any:
+    from torchkron.experiments.data.text import load_text
+
+    return load_text(
+        args.data_dir,
+        download=not args.no_download,
+        check_md5=not args.any_text,
+        progress=progress.message,
+    )
+
+
+def _refuse_overwrite(names: list[tuple[str, int]], out: Path, resume: bool) -> None:
+    from torchkron.experiments.errors import UserError
+    from torchkron.experiments.training.lm_trainer import LMPaths
+
+    if resume:
+        return
+    found = [f"{n} seed {s}" for n, s in names if LMPaths.under(out, n, s).record.exists()]
+    if found:
+        more = " ..." if len(found) > 3 else ""
+        raise UserError(
+            f"{out} already holds runs ({', '.join(found[:3])}{more}); pass --resume to "
+            "continue them (finished runs are kept, interrupted ones go on from their last "
+            "checkpoint), or choose another --out folder."
+        )
+
+
+def _progress(args: argparse.Namespace) -> Any:
+    from torchkron.experiments.training.lm_runner import LMProgress
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    progress = LMProgress(quiet=args.quiet, log_path=args.out / LOG_FILE, force=True)
+    progress.message(f"$ {args.command_line}")
+    return progress
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from torchkron.experiments.models.gpt import GPTSpec
+    from torchkron.experiments.training.lm_runner import run_plan
+    from torchkron.experiments.training.lm_study import StudyPlan, linear_id, parse_linear
+    from torchkron.experiments.training.lm_trainer import LMJob
+
+    attn, mlp = parse_linear(args.attn), parse_linear(args.mlp)
+    name = args.name or "-".join(
+        [f"attn_{linear_id(attn)}", f"mlp_{linear_id(mlp)}"]
+        + ([f"h{args.mlp_hidden}"] if args.mlp_hidden else [])
+        + ([f"e{args.n_embd}"] if args.n_embd else [])
+    ).replace(":", "")
+    _refuse_overwrite([(name, args.seed)], args.out, args.resume)
+    progress = _progress(args)
+    data = _load(args, progress)
+    spec = GPTSpec(
+        vocab_size=data.vocab_size,
+        n_embd=args.n_embd or 128,
+        mlp_hidden=args.mlp_hidden,
+        attn=attn,
+        mlp=mlp,
+        **_model_overrides(args),
+    )
+    job = LMJob(name, spec, _config(args), args.seed, family="custom", description=name)
+    plan = StudyPlan([job], [])  # one job, no learning-rate family to wait for
+    (record,) = run_plan(
+        plan, data, out_dir=args.out, command=args.command_line, workers=1, progress=progress
+    )
+    final = record["final"]
+    full = final.get("val_loss_full")
+    print(
+        f"{name} seed {args.seed}: {record['parameters']:,} parameters, val loss "
+        f"{final['val_loss']:.4f} (fixed batches)"
+        + (f", {full:.4f} (full split)" if full is not None else "")
+        + f", {final['tokens_per_s']:,.0f} tokens/s"
+    )
+    return 0
+
+
+def _plan(args: argparse.Namespace, vocab_size: int) -> Any:
+    from torchkron.experiments.training.lm_study import study_plan
+
+    plan = study_plan(
+        vocab_size=vocab_size,
+        base=_config(args),
+        lrs=tuple(args.lrs),
+        sweep_iters=args.sweep_iters,
+        seeds=args.seeds,
+        only=tuple(args.only or ()),
+    )
+    overrides = _model_overrides(args)
+    if args.n_embd:
+        overrides["n_embd"] = args.n_embd
+    from dataclasses import replace
+
+    def adapt(job: Any) -> Any:
+        keep = {
+            k: v for k, v in overrides.items() if not (k == "n_embd" and job.spec.n_embd != 128)
+        }
+        return replace(job, spec=job.spec.with_(**keep))
+
+    plan = type(plan)(
+        [adapt(j) for j in plan.sweep], [replace(p, job=adapt(p.job)) for p in plan.main]
+    )
+    return plan
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from torchkron.experiments.training.lm_runner import run_plan
+
+    if args.list:
+        plan = _plan(args, 65)
+        for j in plan.sweep:
+            print(f"sweep  {j.name:42s} lr {j.config.lr:g}  {j.config.iters} iters")
+        for p in plan.main:
+            j = p.job
+            print(f"main   {j.name:28s} seed {j.seed}  {j.description}")
+        print(f"{len(plan.sweep)} sweep runs + {len(plan.main)} main runs")
+        return 0
+    progress = _progress(args)
+    data = _load(args, progress)
+    plan = _plan(args, data.vocab_size)
+    names = [(j.name, j.seed) for j in plan.sweep] + [(p.job.name, p.job.seed) for p in plan.main]
+    _refuse_overwrite(names, args.out, args.resume)
+    progress.message(
+        f"data: {data.source} (md5 {data.md5}); {len(plan.sweep)} lr-sweep runs + "
+        f"{len(plan.main)} main runs; {args.jobs} worker(s), {args.threads} thread(s) each"
+    )
+    run_plan(
+        plan,
+        data,
+        out_dir=args.out,
+        command=args.command_line,
+        workers=args.jobs,
+        progress=progress,
+        check_md5=not args.any_text,
+    )
+    progress.message("all runs done; writing the report")
+    if not args.no_report:
+        from torchkron.experiments.reporting.lm_report import write_report
+
+        for path in write_report(args.out, plots=not args.no_plots):
+            progress.message(f"wrote {path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from torchkron.experiments.reporting.lm_report import write_report
+
+    for path in write_report(args.dir, plots=not args.no_plots):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from torchkron.experiments.training.lm_bench import bench_markdown, bench_steps, study_specs
+    from torchkron.experiments.training.runs import atomic_write_json, atomic_write_text
+
+    specs = study_specs(args.configs or ())
+    if not specs:
+        from torchkron.experiments.errors import UserError
+
+        raise UserError("--configs matches no study config; see `torchkron lm sweep --list`.")
+    result = bench_steps(specs, rounds=args.rounds, threads=args.threads)
+    text = bench_markdown(result, args.note)
+    atomic_write_json(args.out / "step_bench.json", result)
+    atomic_write_text(args.out / "step_bench.md", text)
+    print(text)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``torchkron lm`` with its ``train``, ``sweep`` and ``report`` subcommands."""
+    lm = subparsers.add_parser(
+        "lm",
+        help="character-level GPT on Tiny Shakespeare: dense vs Kronecker vs baselines",
+        description="Train a nanoGPT-style GPT on Tiny Shakespeare with dense, Kronecker, "
+        "low-rank or Monarch linear layers; run the CPU study; write its report.",
+    )
+    sub = lm.add_subparsers(dest="lm_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("train", help="train one config with one seed")
+    p.add_argument("--name", default=None, help="config id (default: from the structures)")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    _add_model(p, structures=True)
+    _add_recipe(p)
+    _add_data(p)
+    _add_common(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "sweep",
+        help="the CPU study: lr sweep per structure family, then every config x seeds",
+        description="Learning-rate sweep (one seed, --sweep-iters steps) per structure "
+        "family, then every config of the study at its family's best lr with --seeds "
+        "seeds, in priority order; then the report. Resumable with --resume.",
+    )
+    p.add_argument("--seeds", type=_pos_int, default=3, help="default %(default)s")
+    p.add_argument(
+        "--lrs",
+        type=_pos_float,
+        nargs="+",
+        default=[1e-3, 2e-3, 4e-3],
+        help="learning rates of each family's sweep (default 1e-3 2e-3 4e-3)",
+    )
+    p.add_argument(
+        "--sweep-iters",
+        type=_pos_int,
+        default=500,
+        help="steps of a sweep run, schedule compressed to them (default %(default)s)",
+    )
+    p.add_argument("--only", nargs="+", metavar="PATTERN", help="config id patterns to keep")
+    p.add_argument("--list", action="store_true", help="print the plan and exit")
+    p.add_argument(
+        "--jobs",
+        type=_pos_int,
+        default=max(1, min(2, os.cpu_count() or 1)),
+        help="runs side by side in worker processes (default: min(2, cores))",
+    )
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--no-plots", action="store_true", help="report without PNG plots")
+    _add_model(p, structures=False)
+    _add_recipe(p)
+    _add_data(p)
+    _add_common(p)
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser(
+        "bench",
+        help="time a training step of study configs side by side (OUT/step_bench.md)",
+    )
+    p.add_argument("--configs", nargs="+", metavar="ID", help="config ids (default: all)")
+    p.add_argument("--rounds", type=_pos_int, default=15, help="timed steps per config")
+    p.add_argument("--threads", type=_pos_int, default=1, help="torch threads (default 1)")
+    p.add_argument("--note", default="", help="a line about the machine's state")
+    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="default %(default)s")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("report", help="table, plots and findings from DIR/runs alone")
+    p.add_argument("dir", type=Path, nargs="?", default=Path(DEFAULT_OUT), metavar="DIR")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.set_defaults(func=_cmd_report)
