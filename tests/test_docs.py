@@ -280,3 +280,36 @@ def test_speed_summary_rows_come_from_the_bench_file():
     )
     assert f"| {ratio:.2f}x |" in row
     assert bench_headline.speed_summary([ROOT / "nope.json"]) == "_No benchmark results found._\n"
+
+
+def test_lm_headline_shows_only_measured_configs_and_findings(tmp_path):
+    measured = {
+        "config": "dense",
+        "parameters": 804096,
+        "val_losses": [1.77, 1.78],
+        "val_mean": 1.775,
+        "val_std": 0.007,
+    }
+    summary = {
+        "machine": {"processor": "CPU X", "cpu_count": 2, "torch": "2.13.0+cpu"},
+        "complete_runs": 2,
+        "rows": [measured, {"config": "kron-attn-k2-r4", "parameters": 555264}],
+        "findings": [
+            {
+                "question": "kron vs dense",
+                "text": "...",
+                "gap": 0.2,
+                "se": 0.05,
+                "verdict": "higher",
+            },
+            {"question": "anchor", "text": "dense 1.775 (n = 2), -0.105 vs 1.88", "gap": -0.105},
+            {"question": "attn", "text": "not measured yet (kron-attn-k2-r4 missing)"},
+        ],
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    text = result_views.lm_headline(tmp_path)
+    assert "| dense | 804,096 | 1.775 ± 0.007 | 2 |" in text
+    assert "kron-attn" not in text
+    assert "- kron vs dense: gap +0.200, SE 0.050, higher" in text
+    assert "- anchor: 1.775 (-0.105)" in text
+    assert "2 runs finished when generated" in text

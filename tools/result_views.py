@@ -101,3 +101,38 @@ def plan_examples() -> str:
         ]
     lines[-1] = "```"
     return "\n".join(lines) + "\n"
+
+
+LM = ROOT / "results" / "lm"
+
+
+def lm_headline(folder: Path = LM) -> str:
+    """The README's view of the GPT study: measured configs and measured findings only."""
+    summary = _load(folder / "summary.json")
+    rows = [r for r in summary["rows"] if r.get("val_losses")]
+    m = summary["machine"]
+    lines = [
+        f"Validation loss, whole split; {m['processor']}, {m['cpu_count']} cores, torch "
+        f"{m['torch']}; {summary['complete_runs']} runs finished when generated.",
+        "",
+        "| config | params | val loss (mean ± std) | seeds |",
+        "|---|---:|---|---:|",
+    ]
+    for r in rows:
+        std = f" ± {r['val_std']:.3f}" if r.get("val_std") is not None else ""
+        lines.append(
+            f"| {r['config']} | {r['parameters']:,} | {r['val_mean']:.3f}{std} "
+            f"| {len(r['val_losses'])} |"
+        )
+    lines.append("")
+    for f in summary["findings"]:
+        if "not measured" in f["text"]:
+            continue
+        if "verdict" in f:
+            lines.append(
+                f"- {f['question']}: gap {f['gap']:+.3f}, SE {f['se']:.3f}, {f['verdict']}"
+            )
+        else:
+            value = f["text"].split(" ")[1]  # "<config> <loss> (...)"
+            lines.append(f"- {f['question']}: {value} ({f['gap']:+.3f})")
+    return "\n".join(lines) + "\n"

@@ -70,12 +70,19 @@ def _plan_examples() -> str:
     return result_views.plan_examples()
 
 
+def _lm_headline() -> str:
+    from tools import result_views
+
+    return result_views.lm_headline()
+
+
 VIEWS: dict[str, Callable[[], str]] = {
     "cli": _cli,
     "api": _api,
     "speed-summary": _speed_summary,
     "reproduce-time": _reproduce_time,
     "plan-examples": _plan_examples,
+    "lm-headline": _lm_headline,
 }
 
 
