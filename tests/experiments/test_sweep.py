@@ -205,6 +205,7 @@ def test_frontier_summary_points_front_budgets_and_findings():
             "Kronecker wins at weight budgets <= 3,000, <= 10,000, <= 30,000, <= 100,000, "
             "<= 300,000; dense wins at <= 1,000,000; within seed noise at no budget.",
         ),
+        "kron-vs-lowrank": (None, "Not tested: needs both kinds."),
         "more-factors": (
             True,
             "Yes: 1 of 1 such configs are on the Pareto front (kron-k3-r1-untied-denseout).",

@@ -241,6 +241,33 @@ def _kron_vs_dense(budgets: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return _finding("kron-vs-dense", question, bool(wins), answer, evidence)
 
 
+def _kron_vs_lowrank(variants: Sequence[Variant]) -> dict[str, Any]:
+    """Each low-rank config against the best Kronecker config with no more weights."""
+    question = "Do Kronecker nets beat low-rank (U V^T) nets with no more weights?"
+    lowrank = [v for v in variants if v["point"]["kind"] == "lowrank"]
+    pairs: list[tuple[Variant, Variant]] = []
+    for low in sorted(lowrank, key=lambda v: v["weights"]):
+        kron = _best(
+            v for v in variants if v["point"]["kind"] == "kron" and v["weights"] <= low["weights"]
+        )
+        if kron is not None:
+            pairs.append((kron, low))
+    if not pairs:
+        return _finding("kron-vs-lowrank", question, None, "Not tested: needs both kinds.", [])
+    wins = [(k, lo) for k, lo in pairs if compare(k, lo).beyond_noise and compare(k, lo).diff > 0]
+    answer = (
+        f"Kronecker wins beyond seed noise against {len(wins)} of {len(pairs)} low-rank "
+        "configs, each against the best Kronecker config with no more weights."
+    )
+    return _finding(
+        "kron-vs-lowrank",
+        question,
+        len(wins) == len(pairs),
+        answer,
+        [_short(k, lo) for k, lo in pairs],
+    )
+
+
 def _pays_off(
     ident: str,
     question: str,
@@ -293,6 +320,7 @@ def frontier_findings(summary: Summary) -> list[dict[str, Any]]:
         min_rank[series] = min(min_rank.get(series, v["point"]["rank"]), v["point"]["rank"])
     return [
         _kron_vs_dense(summary["budgets"]),
+        _kron_vs_lowrank(variants),
         _pays_off(
             "more-factors",
             "Do more factors (k = 3, 4) pay off?",
