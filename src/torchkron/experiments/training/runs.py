@@ -244,7 +244,12 @@ def cpu_name() -> str:
 
 
 def load_run(path: Path) -> RunRecord:
-    """Read one run file; a clear error if it is not a run record."""
+    """Read one run file; a clear error if it is not a run record.
+
+    LM run records (``"kind": "lm"``, written by ``torchkron lm``) keep their history per
+    evaluation rather than per epoch: for them only the JSON and the common keys are
+    checked here, and the LM trainer checks the rest.
+    """
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
@@ -270,7 +275,7 @@ def load_run(path: Path) -> RunRecord:
             f"Run file {path} has schema {record['schema']}, this torchkron reads schema "
             f"{SCHEMA}; rerun it with this version."
         )
-    problem = record_problem(record)
+    problem = None if record.get("kind") == "lm" else record_problem(record)
     if problem:
         raise UserError(
             f"Run file {path} is damaged ({problem}); delete it and rerun that run "
