@@ -304,6 +304,7 @@ def test_lm_headline_shows_only_measured_configs_and_findings(tmp_path):
             },
             {"question": "anchor", "text": "dense 1.775 (n = 2), -0.105 vs 1.88", "gap": -0.105},
             {"question": "attn", "text": "not measured yet (kron-attn-k2-r4 missing)"},
+            {"question": "e64", "text": "...", "gap": 0.09, "se": None, "verdict": "too few seeds"},
         ],
     }
     (tmp_path / "summary.json").write_text(json.dumps(summary))
@@ -312,4 +313,5 @@ def test_lm_headline_shows_only_measured_configs_and_findings(tmp_path):
     assert "kron-attn" not in text
     assert "- kron vs dense: gap +0.200, SE 0.050, higher" in text
     assert "- anchor: 1.775 (-0.105)" in text
+    assert "- e64: gap +0.090, too few seeds" in text
     assert "2 runs finished when generated" in text

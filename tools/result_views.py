@@ -104,12 +104,17 @@ def plan_examples() -> str:
 
 
 LM = ROOT / "results" / "lm"
+LM_HEADLINE_ROWS = 12
+LM_HEADLINE_FINDINGS = 10
 
 
 def lm_headline(folder: Path = LM) -> str:
     """The README's view of the GPT study: measured configs and measured findings only."""
     summary = _load(folder / "summary.json")
+    # Bounded, so that the front page stays small while the study fills in: the configs
+    # with the most seeds first; docs/lm.md has every row and finding.
     rows = [r for r in summary["rows"] if r.get("val_losses")]
+    rows = sorted(rows, key=lambda r: -len(r["val_losses"]))[:LM_HEADLINE_ROWS]
     m = summary["machine"]
     lines = [
         f"Validation loss, whole split; {m['processor']}, {m['cpu_count']} cores, torch "
@@ -125,13 +130,14 @@ def lm_headline(folder: Path = LM) -> str:
             f"| {len(r['val_losses'])} |"
         )
     lines.append("")
-    for f in summary["findings"]:
-        if "not measured" in f["text"]:
-            continue
-        if "verdict" in f:
+    measured = [f for f in summary["findings"] if "not measured" not in f["text"]]
+    for f in measured[:LM_HEADLINE_FINDINGS]:
+        if f.get("se") is not None:
             lines.append(
                 f"- {f['question']}: gap {f['gap']:+.3f}, SE {f['se']:.3f}, {f['verdict']}"
             )
+        elif "verdict" in f:  # one seed on a side: no standard error yet
+            lines.append(f"- {f['question']}: gap {f['gap']:+.3f}, {f['verdict']}")
         else:
             value = f["text"].split(" ")[1]  # "<config> <loss> (...)"
             lines.append(f"- {f['question']}: {value} ({f['gap']:+.3f})")
