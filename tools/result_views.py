@@ -104,7 +104,7 @@ def plan_examples() -> str:
 
 
 LM = ROOT / "results" / "lm"
-LM_HEADLINE_ROWS = 12
+LM_HEADLINE_ROWS = 9
 LM_HEADLINE_FINDINGS = 10
 
 
