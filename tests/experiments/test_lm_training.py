@@ -235,7 +235,7 @@ def test_cli_smoke_sweep_and_report(text_dir: Path, tmp_path: Path) -> None:
         "lm", "sweep", "--out", str(out), "--data-dir", str(text_dir), "--any-text",
         "--iters", "6", "--sweep-iters", "4", "--eval-interval", "3", "--eval-iters", "1",
         "--lrs", "1e-3", "2e-3", "--seeds", "1", "--only", "dense", "narrow-mlp-h20",
-        "--jobs", "1", "--quiet", "--no-plots",
+        "--jobs", "1", "--quiet", "--no-plots", "--lr-extend", "0",
     ]  # fmt: skip
     assert main(args) == 0
     runs = sorted(p.name for p in (out / "runs").glob("*.json"))
@@ -325,6 +325,7 @@ def test_jobs_2_waits_for_the_sweep_and_uses_its_best_lr(text_dir: Path, tmp_pat
     plan = type(plan)(
         [replace(j, spec=j.spec.with_(**small)) for j in plan.sweep],
         [replace(p, job=replace(p.job, spec=p.job.spec.with_(**small))) for p in plan.main],
+        0,
     )
     progress = LMProgress(quiet=True, log_path=tmp_path / "progress.log")
     records = run_plan(
@@ -335,6 +336,62 @@ def test_jobs_2_waits_for_the_sweep_and_uses_its_best_lr(text_dir: Path, tmp_pat
     assert len(sweep) == 2
     assert main_run["config"]["lr"] == best_lr(sweep)
     assert "family dense: best learning rate" in (tmp_path / "progress.log").read_text()
+
+
+def test_next_sweep_lr_extends_past_an_end_only() -> None:
+    from torchkron.experiments.training.lm_runner import next_sweep_lr
+
+    def rec(lr: float, loss: float | None) -> dict[str, object]:
+        if loss is None:
+            return {"complete": False}
+        return {"complete": True, "config": {"lr": lr}, "final": {"val_loss": loss}}
+
+    grid = [1e-3, 2e-3, 4e-3]
+    assert next_sweep_lr([rec(1e-3, 2.0), rec(2e-3, 2.1), rec(4e-3, 2.2)], grid) == 5e-4
+    assert next_sweep_lr([rec(1e-3, 2.2), rec(2e-3, 2.1), rec(4e-3, 2.0)], grid) == 8e-3
+    assert next_sweep_lr([rec(1e-3, 2.2), rec(2e-3, 2.0), rec(4e-3, 2.1)], grid) is None
+    # a failed (diverged) run past the best closes the grid
+    four = [*grid, 8e-3]
+    assert (
+        next_sweep_lr([rec(1e-3, 2.2), rec(2e-3, 2.1), rec(4e-3, 2.0), rec(8e-3, None)], four)
+        is None
+    )
+    assert next_sweep_lr([rec(1e-3, None)], [1e-3]) is None
+
+
+def test_sweep_extends_the_grid_then_trains_at_the_best(text_dir: Path, tmp_path: Path) -> None:
+    from torchkron.experiments.training.lm_runner import LMProgress, best_lr, run_plan
+
+    data = load_text(text_dir, download=False, check_md5=False)
+    plan = study_plan(
+        vocab_size=data.vocab_size,
+        base=tiny_config(iters=4, eval_interval=2, eval_iters=1),
+        lrs=(1e-4, 2e-4),
+        sweep_iters=4,
+        seeds=1,
+        only=["narrow-mlp-h20"],
+        extend=2,
+    )
+    small = {"n_layer": 1, "n_embd": 16, "block_size": 8}
+    plan = type(plan)(
+        [replace(j, spec=j.spec.with_(**small)) for j in plan.sweep],
+        [replace(p, job=replace(p.job, spec=p.job.spec.with_(**small))) for p in plan.main],
+        plan.extend,
+    )
+    log = tmp_path / "progress.log"
+    records = run_plan(
+        plan, data, out_dir=tmp_path, command="t", workers=1,
+        progress=LMProgress(quiet=True, log_path=log), check_md5=False,
+    )  # fmt: skip
+    sweep = [r for r in records if r["extra"]["phase"] == "lr-sweep"]
+    (main_run,) = [r for r in records if r["extra"]["phase"] == "main"]
+    rates = sorted(r["config"]["lr"] for r in sweep)
+    # 4 steps at 1e-4..8e-4 all still improve with the rate: the grid grows twice, no more
+    assert rates == pytest.approx([1e-4, 2e-4, 4e-4, 8e-4])
+    assert main_run["config"]["lr"] == best_lr(sweep) == pytest.approx(8e-4)
+    assert log.read_text().count("sweeping") == 2
+    names = sorted(p.name for p in (tmp_path / "runs").glob("lrsweep-*"))
+    assert names[-1] == "lrsweep-dense-lr8e-4--seed0.json"
 
 
 def test_bench_command(tmp_path: Path) -> None:

@@ -246,6 +246,7 @@ def _plan(args: argparse.Namespace, vocab_size: int) -> Any:
         sweep_iters=args.sweep_iters,
         seeds=args.seeds,
         only=tuple(args.only or ()),
+        extend=args.lr_extend,
     )
     overrides = _model_overrides(args)
     if args.n_embd:
@@ -259,7 +260,9 @@ def _plan(args: argparse.Namespace, vocab_size: int) -> Any:
         return replace(job, spec=job.spec.with_(**keep))
 
     plan = type(plan)(
-        [adapt(j) for j in plan.sweep], [replace(p, job=adapt(p.job)) for p in plan.main]
+        [adapt(j) for j in plan.sweep],
+        [replace(p, job=adapt(p.job)) for p in plan.main],
+        plan.extend,
     )
     return plan
 
@@ -367,6 +370,13 @@ def register(subparsers: Any) -> None:
         type=_pos_int,
         default=500,
         help="steps of a sweep run, schedule compressed to them (default %(default)s)",
+    )
+    p.add_argument(
+        "--lr-extend",
+        type=_nonneg_int,
+        default=2,
+        help="when a family's best rate is at an end of --lrs, sweep half (or twice) "
+        "that rate too, up to this many times per family (default %(default)s)",
     )
     p.add_argument("--only", nargs="+", metavar="PATTERN", help="config id patterns to keep")
     p.add_argument("--list", action="store_true", help="print the plan and exit")

@@ -327,6 +327,11 @@ def report_markdown(summary: dict[str, Any]) -> str:
         )
     lines += ["", "## Learning-rate sweep (seed 0, 500 iterations)", ""]
     if summary["sweep"]:
+        lines += [
+            "A family whose best rate is at an end of the grid is swept again at half "
+            "(or twice) that rate, up to twice (`--lr-extend`).",
+            "",
+        ]
         lines += ["| family | config | lr | val loss | |", "|---|---|---|---|---|"]
         for s in summary["sweep"]:
             mark = "best" if summary["best_lr"].get(s["family"]) == s["lr"] else ""

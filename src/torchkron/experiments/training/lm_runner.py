@@ -15,12 +15,12 @@ from typing import Any, TextIO
 
 from torchkron.experiments.data.text import TextData, load_text
 from torchkron.experiments.errors import UserError
-from torchkron.experiments.training.lm_study import PlannedJob, StudyPlan
+from torchkron.experiments.training.lm_study import PlannedJob, StudyPlan, extension_job
 from torchkron.experiments.training.lm_trainer import EvalEvent, LMJob, LMPaths, train_lm
 from torchkron.experiments.training.progress import format_duration
 from torchkron.experiments.training.runs import RunRecord, load_run
 
-__all__ = ["LMProgress", "best_lr", "run_plan"]
+__all__ = ["LMProgress", "best_lr", "next_sweep_lr", "run_plan"]
 
 
 class LMProgress:
@@ -109,6 +109,20 @@ def best_lr(records: Sequence[RunRecord]) -> float | None:
     return float(min(done, key=score)["config"]["lr"])
 
 
+def next_sweep_lr(records: Sequence[RunRecord], tried: Sequence[float]) -> float | None:
+    """The rate to try next when the best of ``records`` is at an end of ``tried`` (half
+    the lowest, or twice the highest), else None. Failed runs count as tried and worse,
+    so a diverging rate past the end closes the grid."""
+    best = best_lr(records)
+    if best is None or len(tried) < 2:
+        return None
+    if best <= min(tried):
+        return best / 2
+    if best >= max(tried):
+        return best * 2
+    return None
+
+
 _WORKER: dict[str, Any] = {}
 
 
@@ -143,6 +157,8 @@ def run_plan(
         sweep_names.setdefault(j.family, []).append(j)
     sweep_records: dict[tuple[str, int], RunRecord] = {}
     lrs: dict[str, float] = {}
+    extended: dict[str, int] = {}
+    new_sweeps: list[LMJob] = []
 
     def resolve(p: PlannedJob) -> LMJob | None:
         fam = p.lr_family
@@ -152,7 +168,19 @@ def run_plan(
             mine = sweep_names[fam]
             if not all((j.name, j.seed) in sweep_records for j in mine):
                 return None
-            lr = best_lr([sweep_records[(j.name, j.seed)] for j in mine])
+            done = [sweep_records[(j.name, j.seed)] for j in mine]
+            nxt = next_sweep_lr(done, [j.config.lr for j in mine])
+            if nxt is not None and extended.get(fam, 0) < plan.extend:
+                extended[fam] = extended.get(fam, 0) + 1
+                ext = extension_job(mine, nxt)
+                mine.append(ext)
+                progress.expect(ext, iters_done(LMPaths.under(out_dir, ext.name, ext.seed)))
+                progress.message(
+                    f"family {fam}: best rate at the end of its grid; sweeping {nxt:g} too"
+                )
+                new_sweeps.append(ext)
+                return None
+            lr = best_lr(done)
             if lr is None:
                 raise UserError(f"No learning-rate sweep run of family {fam} completed.")
             lrs[fam] = lr
@@ -168,12 +196,18 @@ def run_plan(
     records: list[RunRecord] = []
 
     def take() -> LMJob | None:
-        for i, item in enumerate(pending):
-            job = item if isinstance(item, LMJob) else resolve(item)
-            if job is not None:
-                del pending[i]
-                return job
-        return None
+        while True:
+            for i, item in enumerate(pending):
+                job = item if isinstance(item, LMJob) else resolve(item)
+                if new_sweeps:
+                    break
+                if job is not None:
+                    del pending[i]
+                    return job
+            if not new_sweeps:
+                return None
+            pending[:0] = new_sweeps  # a grid extension runs before every waiting job
+            new_sweeps.clear()
 
     def finished(job: LMJob, record: RunRecord) -> None:
         records.append(record)

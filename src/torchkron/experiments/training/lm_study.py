@@ -33,6 +33,7 @@ from torchkron.experiments.training.lm_trainer import LMConfig, LMJob
 
 __all__ = [
     "DEFAULT_LRS",
+    "DEFAULT_LR_EXTEND",
     "LMConfigSpec",
     "StudyPlan",
     "format_lr",
@@ -43,6 +44,7 @@ __all__ = [
 
 DEFAULT_LRS = (1e-3, 2e-3, 4e-3)
 DEFAULT_SWEEP_ITERS = 500
+DEFAULT_LR_EXTEND = 2
 DENSE = LinearSpec()
 
 
@@ -211,11 +213,28 @@ class PlannedJob:
 
 @dataclass(frozen=True)
 class StudyPlan:
+    """``extend``: how many times a family's sweep may grow by a factor 2 past the end of
+    its grid when its best rate is at that end (a best at the edge is not yet a best)."""
+
     sweep: list[LMJob]
     main: list[PlannedJob]
+    extend: int = DEFAULT_LR_EXTEND
 
     def all_names(self) -> list[str]:
         return [j.name for j in self.sweep] + [p.job.name for p in self.main]
+
+
+def extension_job(tried: Sequence[LMJob], lr: float) -> LMJob:
+    """The sweep run of ``tried``'s family at ``lr``, past an end of its grid."""
+    first = tried[0]
+    base = dict(first.extra).get("base_config", first.name)
+    desc = first.description.rsplit("; lr sweep at", 1)[0]
+    return replace(
+        first,
+        name=sweep_name(str(base), lr),
+        config=first.config.with_(lr=lr),
+        description=f"{desc}; lr sweep at {format_lr(lr)} (past the grid's end)",
+    )
 
 
 def sweep_name(config: str, lr: float) -> str:
@@ -230,6 +249,7 @@ def study_plan(
     sweep_iters: int = DEFAULT_SWEEP_ITERS,
     seeds: int = 3,
     only: Sequence[str] = (),
+    extend: int = DEFAULT_LR_EXTEND,
 ) -> StudyPlan:
     """The jobs of the study: the learning-rate sweeps, then the main runs by priority.
 
@@ -241,6 +261,7 @@ def study_plan(
         seeds: seeds of each main config.
         only: shell patterns on config ids; when given, a config must match one (the
             sweeps of the families kept stay).
+        extend: extra sweep points allowed per family past an end of the grid.
     """
     configs = study_configs(vocab_size)
     for pattern in only:
@@ -290,7 +311,7 @@ def study_plan(
             lr_family = None if c.fixed_lr else LR_FAMILY.get(c.family, c.family)
             main.append(PlannedJob(job, lr_family, (c.priority // 10, seed, c.priority)))
     main.sort(key=lambda p: p.order)
-    return StudyPlan(sweep, main)
+    return StudyPlan(sweep, main, extend)
 
 
 def _extra(c: LMConfigSpec, phase: str, **more: Any) -> tuple[tuple[str, Any], ...]:
