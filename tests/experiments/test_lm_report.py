@@ -113,3 +113,27 @@ def test_report_of_an_empty_folder_says_nothing_ran(tmp_path: Path) -> None:
     summary = summarize(load_lm_runs(tmp_path))
     assert summary["complete_runs"] == 0
     assert "No sweep run finished yet." in report_markdown(summary)
+
+
+def test_matched_compute_picks_the_best_dense_model_no_more_expensive(tmp_path: Path) -> None:
+    def rec(name: str, seed: int, loss: float, family: str, flops: int) -> dict[str, Any]:
+        r = record(name, seed, loss, family=family)
+        r["flops_per_token"] = flops
+        return r
+
+    recs = []
+    for s in range(2):
+        recs += [
+            rec("kron-mlp-k2-r4", s, 2.00 + 0.002 * s, "kron", 1_260_000),
+            rec("kron-mlp-k2-r1", s, 2.10 + 0.002 * s, "kron", 800_000),
+            rec("dense", s, 1.70 + 0.002 * s, "dense", 1_720_000),  # costlier: not a match
+            rec("dense-e96", s, 1.80 + 0.002 * s, "narrow", 1_000_000),
+            rec("dense-e64", s, 1.90 + 0.002 * s, "narrow", 470_000),
+            rec("dense-recipe", s, 1.50 + 0.002 * s, "dense", 470_000),  # the anchor: excluded
+        ]
+    text = report_markdown(summarize(load_lm_runs(write_runs(tmp_path, recs))))
+    r4 = next(line for line in text.splitlines() if "matched compute: kron-mlp-k2-r4" in line)
+    assert "kron-mlp-k2-r4 2.001 vs dense-e96 1.801: gap +0.200" in r4
+    assert r4.endswith("-> higher; dense-e96 1.00M FLOPs/token")
+    r1 = next(line for line in text.splitlines() if "matched compute: kron-mlp-k2-r1" in line)
+    assert "vs dense-e64 1.901" in r1

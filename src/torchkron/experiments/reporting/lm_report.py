@@ -273,6 +273,42 @@ def _findings(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         "kron-mlp-k3-r5",
         "kron-mlp-k2-r1",
     )
+    out += _matched_compute(rows)
+    return out
+
+
+def _matched_compute(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each Kronecker config against the best dense model (narrower MLP or narrower
+    model, at dense's rate) that costs no more forward FLOPs per token."""
+    out: list[dict[str, Any]] = []
+    dense = [
+        r
+        for r in rows
+        if r.get("val_losses")
+        and r["family"] in ("dense", "narrow")
+        and r["config"] != "dense-recipe"
+    ]
+    for k in rows:
+        if not (k.get("val_losses") and k["family"] == "kron"):
+            continue
+        cheaper = [d for d in dense if d["flops_per_token"] <= k["flops_per_token"]]
+        question = (
+            f"matched compute: {k['config']} ({k['flops_per_token'] / 1e6:.2f}M FLOPs/token) "
+            "vs the best dense model with no more FLOPs"
+        )
+        if not cheaper:
+            out.append({"question": question, "text": "no dense model that cheap was run"})
+            continue
+        best = min(cheaper, key=lambda d: d["val_mean"])
+        text, c = _fmt_cmp(k, best)
+        out.append(
+            {
+                "question": question,
+                "text": f"{text}; {best['config']} "
+                f"{best['flops_per_token'] / 1e6:.2f}M FLOPs/token",
+                **c,
+            }
+        )
     return out
 
 
@@ -296,15 +332,17 @@ def report_markdown(summary: dict[str, Any]) -> str:
         "",
         f"Machine: {m.get('processor')}, {m.get('cpu_count')} cores, "
         f"{m.get('threads')} thread(s) per run, 2 runs side by side, torch {m.get('torch')}; "
-        "the machine was shared with other jobs (load average 6-9 on 2 cores), so times "
-        "are upper bounds, comparable with each other only roughly.",
+        "runs trained over two sessions, the first with the machine shared with other jobs "
+        "(load average 6-9 on 2 cores), so per-run times are upper bounds, comparable only "
+        "roughly; compare speed with the side-by-side step times of `lm bench` instead.",
         f"Runs: {summary['complete_runs']} complete of {summary['runs']} run files.",
         "",
         "## Table",
         "",
         "Weights = stored weights of the block linears (biases: none in this recipe); "
         "params = every trainable number (embedding tied to the head). FLOPs = forward "
-        "FLOPs per token (matmuls as executed, attention over the full context, head). "
+        "FLOPs per token (matmuls as executed, attention over the full context, head; a "
+        "training step costs about 3x that for every structure). "
         "Step = median training seconds per step over seeds.",
         "",
         "| config | structure | lr | attn weights | MLP weights | params | FLOPs/token | "

@@ -1,8 +1,8 @@
 """Run records -> ``summary.json``: per-variant statistics over seeds, and the findings.
 
 A pure function of the run files: :func:`summarize` reads nothing but its argument, so
-``torchkron report DIR`` regenerates the same summary (apart from ``generated_at``) from
-``DIR/runs/*.json`` every time.
+``torchkron report DIR`` regenerates the same summary, byte for byte, from
+``DIR/runs/*.json`` every time (``generated_at`` is when the last summarised run finished).
 
 Schema (``schema: 1``)::
 
@@ -273,6 +273,12 @@ def _config_warning(variants: Sequence[Mapping[str, Any]]) -> list[str]:
     return [f"Variants were trained with different configs: {' / '.join(parts)}."]
 
 
+def _last_finished(records: Sequence[Record]) -> str:
+    # From the records, not the clock, so regenerating the summary changes nothing.
+    stamps = [str(r["finished_at"]) for r in records if r.get("finished_at")]
+    return max(stamps) if stamps else now_iso()
+
+
 def summarize(records: Iterable[Record], *, generated_at: str | None = None) -> dict[str, Any]:
     """The summary of ``records`` (run records as loaded by :func:`load_runs`).
 
@@ -300,7 +306,7 @@ def summarize(records: Iterable[Record], *, generated_at: str | None = None) -> 
 
     summary: dict[str, Any] = {
         "schema": SUMMARY_SCHEMA,
-        "generated_at": generated_at or now_iso(),
+        "generated_at": generated_at or _last_finished(used),
         "source": "runs/",
         "runs": len(used),
         "environment": _environment(used),
