@@ -45,7 +45,11 @@ def _step(s: Tensor, w: Tensor, step: GemmStep, batch: int, bias: Tensor | None 
         return s.reshape(p, step.k) @ w.t()
     # expand() is a stride-0 view: the batched GEMM reads the same w for every entry,
     # where torch.matmul(w, s) would first copy s into a transposed layout.
-    we, s3 = w.expand(p, step.m, step.k), s.reshape(p, step.k, step.post)
+    s3 = s.reshape(p, step.k, step.post)
+    if torch.is_grad_enabled() and w.requires_grad and not _tracing():
+        out: Tensor = _BatchedStepFn.apply(w, s3)  # type: ignore[no-untyped-call]
+        return out if bias is None else out + bias.view(1, step.m, step.post)
+    we = w.expand(p, step.m, step.k)
     if bias is not None:
         return torch.baddbmm(bias.view(1, step.m, step.post), we, s3)
     return torch.bmm(we, s3)
@@ -53,9 +57,49 @@ def _step(s: Tensor, w: Tensor, step: GemmStep, batch: int, bias: Tensor | None 
 
 def _weight_grad(g: Tensor, s: Tensor) -> Tensor:
     """``sum_p g[p] @ s[p].T`` for ``g`` of shape (P, m, Q) and ``s`` of shape (P, k, Q)."""
-    # Batched products then a sum over P: reads each operand once. (Copying both into a
-    # (., P * Q) layout for one long GEMM measured slower at every benchmark shape.)
-    return torch.bmm(g, s.transpose(1, 2)).sum(0)
+    p, m, q = g.shape
+    k = s.shape[1]
+    if _one_gemm(p, m, k, q):
+        # Both operands copied into a (., P * Q) layout, then one long GEMM: the copies
+        # move P*Q*(m + k) numbers, where the batched products write and re-read P*m*k.
+        gt = g.transpose(0, 1).reshape(m, p * q)  # (m, P*Q)
+        st = s.transpose(0, 1).reshape(k, p * q)  # (k, P*Q)
+        return gt @ st.t()
+    return torch.bmm(g, s.transpose(1, 2)).sum(0)  # (P, m, k) partial sums, then their sum
+
+
+def _tracing() -> bool:
+    # Traced and compiled graphs keep plain operators (torch.jit.trace cannot check a
+    # custom Function, and the compiler optimises the plain graph itself).
+    return bool(torch._C._get_tracing_state()) or torch.compiler.is_compiling()
+
+
+def _one_gemm(p: int, m: int, k: int, q: int) -> bool:
+    return m * k > _ONE_GEMM_RATIO * q * (m + k)
+
+
+#: Measured crossover of the two weight-gradient layouts (see ``_weight_grad``).
+_ONE_GEMM_RATIO = 0.75
+
+
+class _BatchedStepFn(torch.autograd.Function):
+    """``w @ s[p]`` for every ``p`` (``w`` broadcast), with ``_weight_grad`` as its weight
+    gradient instead of autograd's (P, m, k) partial products."""
+
+    @staticmethod
+    def forward(ctx: Any, w: Tensor, s3: Tensor) -> Tensor:
+        ctx.save_for_backward(w, s3)
+        return torch.bmm(w.expand(s3.shape[0], w.shape[0], w.shape[1]), s3)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        w, s3 = ctx.saved_tensors
+        grad = grad.contiguous()
+        dw = _weight_grad(grad, s3) if ctx.needs_input_grad[0] else None
+        ds = None
+        if ctx.needs_input_grad[1]:
+            ds = torch.bmm(w.t().expand(grad.shape[0], w.shape[1], w.shape[0]), grad)
+        return dw, ds
 
 
 def _forward(

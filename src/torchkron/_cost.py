@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from torchkron._autograd import _one_gemm
+
 __all__ = [
     "CALIBRATION_ENV",
     "DEFAULTS",
@@ -181,8 +183,13 @@ def plan_costs(
             wgrad = _gemm(c, m, p, k, elt)
         else:
             t = _gemm(c, m, k, post, elt, batch=p)
-            # Weight gradient: batched products, then a sum over the p partial (m, k) sums.
-            wgrad = _gemm(c, m, post, k, elt, batch=p) + 2.0 * p * m * k * elt / c["bandwidth"]
+            if _one_gemm(p, m, k, post):
+                # Weight gradient: both operands copied to a (., p * post) layout, one GEMM.
+                moved = 2.0 * p * post * (m + k) * elt
+                wgrad = _gemm(c, m, p * post, k, elt) + moved / c["bandwidth"]
+            else:
+                # Batched products, then a sum over the p partial (m, k) sums.
+                wgrad = _gemm(c, m, post, k, elt, batch=p) + 2.0 * p * m * k * elt / c["bandwidth"]
         fwd += t
         grads += t + wgrad  # input gradient (same GEMM as forward) + weight gradient
     chain = chain_repeats * (fwd + (grads if train else 0.0))

@@ -294,7 +294,8 @@ def test_write_report_writes_everything_and_regenerates_identically(tmp_path: Pa
     # byte-identical: generated_at comes from the runs, not the clock
     assert json.loads(second.summary.read_text()) == saved[0]
     finished = [r["finished_at"] for r in load_runs(runs_dir(tmp_path)) if r.get("finished_at")]
-    assert finished and saved[0]["generated_at"] == max(finished)
+    assert finished
+    assert saved[0]["generated_at"] == max(finished)
     assert second.results.read_bytes() == saved[1]
     assert [p.read_bytes() for p in second.plots] == saved[2]
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes left no temp files
