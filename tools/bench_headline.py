@@ -183,7 +183,7 @@ def speed_summary(paths: Sequence[Path]) -> str:
         wins = [n for n in ran if cells[n]["dense"] > cells[n]["KronLinear"]]
         which = (
             ": " + "; ".join(_shape_label(shapes[n]) for n in wins)
-            if 0 < len(wins) < len(ran)
+            if 0 < len(wins) <= 2 and len(wins) < len(ran)  # more: the table says which
             else ""
         )
         lines.append(

@@ -104,41 +104,78 @@ def plan_examples() -> str:
 
 
 LM = ROOT / "results" / "lm"
-LM_HEADLINE_ROWS = 9
-LM_HEADLINE_FINDINGS = 10
+#: The README's findings of the GPT study, by question prefix, in this order (docs/lm.md
+#: has them all).
+LM_HEADLINE_FINDINGS = (
+    "dense-recipe",
+    "MLP at 3.9%",
+    "MLP at 7.8%",
+    "Kronecker MLP (R=4) vs dense n_embd 64",
+    "Kronecker attention R=4 vs",
+    "3 factors",
+    "matched compute: kron-mlp-k2-r4 ",
+)
+_LM_COLUMNS = (("kron", "Kronecker"), ("lowrank", "low-rank"), ("monarch", "Monarch"),
+               ("narrow", "narrower dense"))  # fmt: skip
+_LM_REFERENCES = ("dense", "dense-e96", "dense-e64", "kron-both-k2-r4")
+_LM_ROWS = (("mlp", "b4", "MLP"), ("mlp", "b8", "MLP"), ("attn", "b4", "attention"))
+
+
+def _lm_cell(r: dict[str, Any] | None) -> str:
+    if r is None or not r.get("val_losses"):
+        return "—"
+    std = f" ± {r['val_std']:.3f}" if r.get("val_std") is not None else ""
+    n = len(r["val_losses"])
+    return f"{r['val_mean']:.3f}{std}" + ("" if n == 3 else f" ({n} seed{'s' if n > 1 else ''})")
 
 
 def lm_headline(folder: Path = LM) -> str:
-    """The README's view of the GPT study: measured configs and measured findings only."""
+    """The README's view of the GPT study: the equal-weight comparison as one table (rows:
+    which linears are replaced and their weight budget; columns: the structure), the
+    reference models, and the headline findings; measured numbers only."""
     summary = _load(folder / "summary.json")
-    # Bounded, so that the front page stays small while the study fills in: the configs
-    # with the most seeds first; docs/lm.md has every row and finding.
-    rows = [r for r in summary["rows"] if r.get("val_losses")]
-    rows = sorted(rows, key=lambda r: -len(r["val_losses"]))[:LM_HEADLINE_ROWS]
+    rows = summary["rows"]
     m = summary["machine"]
     lines = [
-        f"Validation loss, whole split; {m['processor']}, {m['cpu_count']} cores, torch "
-        f"{m['torch']}; {summary['complete_runs']} runs finished when generated.",
+        f"Validation loss (nats/char, whole split, mean ± std over 3 seeds); "
+        f"{m['processor']}, {m['cpu_count']} cores, torch {m['torch']}; "
+        f"{summary['complete_runs']} runs.",
         "",
-        "| config | params | val loss (mean ± std) | seeds |",
-        "|---|---:|---|---:|",
+        "| replaced linears, weights kept | " + " | ".join(c for _, c in _LM_COLUMNS) + " |",
+        "|---|" + "---|" * len(_LM_COLUMNS),
     ]
-    for r in rows:
-        std = f" ± {r['val_std']:.3f}" if r.get("val_std") is not None else ""
-        lines.append(
-            f"| {r['config']} | {r['parameters']:,} | {r['val_mean']:.3f}{std} "
-            f"| {len(r['val_losses'])} |"
-        )
-    lines.append("")
-    measured = [f for f in summary["findings"] if "not measured" not in f["text"]]
-    for f in measured[:LM_HEADLINE_FINDINGS]:
-        if f.get("se") is not None:
-            lines.append(
-                f"- {f['question']}: gap {f['gap']:+.3f}, SE {f['se']:.3f}, {f['verdict']}"
-            )
-        elif "verdict" in f:  # one seed on a side: no standard error yet
-            lines.append(f"- {f['question']}: gap {f['gap']:+.3f}, {f['verdict']}")
-        else:
-            value = f["text"].split(" ")[1]  # "<config> <loss> (...)"
-            lines.append(f"- {f['question']}: {value} ({f['gap']:+.3f})")
+    dense = next((r for r in rows if r["config"] == "dense" and r.get("val_losses")), None)
+    for group, budget, label in _LM_ROWS:
+        found = {
+            r["family"]: r
+            for r in rows
+            if (r["group"], r["budget"]) == (group, budget) and r.get("val_losses")
+        }
+        if not found or dense is None:
+            continue
+        key = f"{group}_weights"
+        kept = next(iter(found.values()))[key] / dense[key]
+        cells = [_lm_cell(found.get(family)) for family, _ in _LM_COLUMNS]
+        lines.append(f"| {label}, {100 * kept:.1f}% | " + " | ".join(cells) + " |")
+    refs = [
+        r for r in rows if r["config"] in ("dense", "dense-e96", "dense-e64", "kron-both-k2-r4")
+    ]
+    lines += [
+        "",
+        "Reference models: "
+        + "; ".join(f"{r['config']} ({r['parameters']:,} params) {_lm_cell(r)}" for r in refs)
+        + ".",
+        "",
+    ]
+    for prefix in LM_HEADLINE_FINDINGS:
+        for f in summary["findings"]:
+            if not f["question"].startswith(prefix) or "not measured" in f["text"]:
+                continue
+            if f.get("se") is not None:
+                verdict = f"gap {f['gap']:+.3f}, SE {f['se']:.3f}, {f['verdict']}"
+            elif "verdict" in f:  # one seed on a side: no standard error yet
+                verdict = f"gap {f['gap']:+.3f}, {f['verdict']}"
+            else:
+                verdict = f"{f['text'].split(' ')[1]} ({f['gap']:+.3f})"
+            lines.append(f"- {f['question']}: {verdict}")
     return "\n".join(lines) + "\n"
