@@ -280,7 +280,7 @@ def _reuse_scratch(
 ) -> list[str]:
     """Copy finished sweep runs of the same architecture, seed and recipe into ``out_dir``
     as scratch runs, so they are not trained twice; returns the copied file names."""
-    from torchkron.experiments.training.trainer import RunPaths
+    from torchkron.experiments.training.trainer import RunPaths, spec_fields
 
     runs_dir = None if reuse is None else reuse / "runs"
     if runs_dir is None or not runs_dir.is_dir():
@@ -307,11 +307,7 @@ def _reuse_scratch(
                         target,
                         {
                             **record,
-                            "variant": spec.name,
-                            "description": spec.description,
-                            "family": spec.family,
-                            "order": spec.order,
-                            "spec": spec.to_dict(),
+                            **spec_fields(spec),
                             "extra": {**spec.extra, "compress": block},
                         },
                     )
