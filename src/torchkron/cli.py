@@ -15,32 +15,39 @@ from typing import Any
 __all__ = ["finite_float", "main"]
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
+    """``text`` as an int, or the argparse error every integer option shares."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
-def finite_float(text: str) -> float:
-    """A finite number (``inf`` and ``nan`` are rejected: they would train to NaN)."""
+def _number(text: str) -> float:
+    """``text`` as a float (``inf`` and ``nan`` included), or the shared argparse error."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def finite_float(text: str) -> float:
+    """A finite number (``inf`` and ``nan`` are rejected: they would train to NaN)."""
+    value = _number(text)
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
@@ -50,6 +57,14 @@ def _positive_float(text: str) -> float:
     value = finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    # No finiteness check, unlike finite_float: ``lm``'s options have always accepted inf.
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 

@@ -61,6 +61,20 @@ def _check_linear(linear: object, caller: str) -> nn.Linear:
     return linear
 
 
+def _add_bias(module: nn.Module, bias: bool, out_features: int, kw: dict[str, Any]) -> None:
+    """Give ``module`` an uninitialised ``(out_features,)`` bias, or register ``None``."""
+    module.register_parameter(
+        "bias", nn.Parameter(torch.empty(out_features, **kw)) if bias else None
+    )
+
+
+def _init_bias(bias: nn.Parameter | None, in_features: int) -> None:
+    """Draw ``bias`` (if any) as ``nn.Linear`` does: ``U(-1/sqrt(in), 1/sqrt(in))``."""
+    if bias is not None:
+        b = 1.0 / math.sqrt(in_features)
+        bias.uniform_(-b, b)
+
+
 class KronLinear(nn.Module):
     r"""Linear layer ``y = x W^T + b`` with ``W = sum_r F_1[r] (x) ... (x) F_k[r]``.
 
@@ -175,10 +189,7 @@ class KronLinear(nn.Module):
             for i, (o, n) in enumerate(resolved):
                 self.register_parameter(f"factor_{i}", nn.Parameter(torch.empty(rank, o, n, **kw)))
         self.bias: nn.Parameter | None
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, **kw))
-        else:
-            self.register_parameter("bias", None)
+        _add_bias(self, bias, out_features, kw)
         self.reset_parameters()
 
     @property
@@ -253,9 +264,7 @@ class KronLinear(nn.Module):
         with torch.no_grad():
             for p in dict.fromkeys(self.factors):  # a tied factor once
                 p.uniform_(-bound, bound)
-            if self.bias is not None:
-                b = 1.0 / math.sqrt(self.in_features)
-                self.bias.uniform_(-b, b)
+            _init_bias(self.bias, self.in_features)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 0 or x.shape[-1] != self.in_features:
@@ -471,20 +480,9 @@ class KronLinear(nn.Module):
     ) -> None:
         dense_key = prefix + "weight"
         factor_keys = [prefix + n for n in self._parameters if n != "bias"]
-        if dense_key not in state_dict or any(k in state_dict for k in factor_keys):
-            super()._load_from_state_dict(
-                state_dict,
-                prefix,
-                local_metadata,
-                strict,
-                missing_keys,
-                unexpected_keys,
-                error_msgs,
-            )
-            return
-        weight = state_dict[dense_key]
-        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
-        if _CONVERT_DENSE.get():
+        dense = dense_key in state_dict and not any(k in state_dict for k in factor_keys)
+        if dense and _CONVERT_DENSE.get():
+            weight = state_dict[dense_key]
             bias_key = prefix + "bias"
             bias = state_dict.get(bias_key)
             if bias is not None and self.bias is None:
@@ -497,7 +495,8 @@ class KronLinear(nn.Module):
             except (TypeError, ValueError) as exc:
                 error_msgs.append(f"while converting the dense checkpoint {dense_key!r}: {exc}")
             return
-        if not strict:
+        if not dense or not strict:
+            # A factor checkpoint, or a lenient load: torch's own handling and messages.
             super()._load_from_state_dict(
                 state_dict,
                 prefix,
@@ -508,6 +507,8 @@ class KronLinear(nn.Module):
                 error_msgs,
             )
             return
+        weight = state_dict[dense_key]
+        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
         name = f"{prefix[:-1]!r}" if prefix else "(this layer)"
         error_msgs.append(
             f"KronLinear {name}: the checkpoint holds a dense weight {dense_key!r} of shape "

@@ -18,13 +18,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torchkron.linear import _add_bias, _init_bias
+
 __all__ = ["LowRankLinear", "MonarchLinear"]
 
 
-def _check_features(cls: str, **values: Any) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{cls}: {name} must be a positive int, got {value!r}.")
+def _check_args(cls: str, in_features: int, out_features: int, name: str, value: int) -> None:
+    """Refuse non-positive feature counts and a structure size ``name`` (rank, nblocks) < 1."""
+    for feature, size in (("in_features", in_features), ("out_features", out_features)):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{cls}: {feature} must be a positive int, got {size!r}.")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{cls}: {name} must be an int >= 1, got {value!r}.")
 
 
 def _check_input(cls: str, x: Tensor, in_features: int) -> None:
@@ -35,10 +40,12 @@ def _check_input(cls: str, x: Tensor, in_features: int) -> None:
         )
 
 
-def _init_bias(bias: nn.Parameter | None, in_features: int) -> None:
-    if bias is not None:
-        b = 1.0 / math.sqrt(in_features)
-        bias.uniform_(-b, b)
+def _extra_repr(layer: LowRankLinear | MonarchLinear, name: str, value: int) -> str:
+    """``nn.Linear``'s repr fields with the structure size ``name=value`` before ``bias``."""
+    return (
+        f"in_features={layer.in_features}, out_features={layer.out_features}, "
+        f"{name}={value}, bias={layer.bias is not None}"
+    )
 
 
 class LowRankLinear(nn.Module):
@@ -88,18 +95,13 @@ class LowRankLinear(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        _check_features("LowRankLinear", in_features=in_features, out_features=out_features)
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"LowRankLinear: rank must be an int >= 1, got {rank!r}.")
+        _check_args("LowRankLinear", in_features, out_features, "rank", rank)
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
         self.u = nn.Parameter(torch.empty(out_features, rank, **kw))
         self.v = nn.Parameter(torch.empty(in_features, rank, **kw))
         self.bias: nn.Parameter | None
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, **kw))
-        else:
-            self.register_parameter("bias", None)
+        _add_bias(self, bias, out_features, kw)
         self.reset_parameters()
 
     @property
@@ -132,10 +134,7 @@ class LowRankLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"rank={self.rank}, bias={self.bias is not None}"
-        )
+        return _extra_repr(self, "rank", self.rank)
 
 
 class MonarchLinear(nn.Module):
@@ -190,9 +189,7 @@ class MonarchLinear(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        _check_features("MonarchLinear", in_features=in_features, out_features=out_features)
-        if isinstance(nblocks, bool) or not isinstance(nblocks, int) or nblocks < 1:
-            raise ValueError(f"MonarchLinear: nblocks must be an int >= 1, got {nblocks!r}.")
+        _check_args("MonarchLinear", in_features, out_features, "nblocks", nblocks)
         mid = min(in_features, out_features)
         for name, size in (("in_features", in_features), ("out_features", out_features)):
             if size % nblocks:
@@ -206,10 +203,7 @@ class MonarchLinear(nn.Module):
         self.blkdiag1 = nn.Parameter(torch.empty(b, mid // b, in_features // b, **kw))
         self.blkdiag2 = nn.Parameter(torch.empty(b, out_features // b, mid // b, **kw))
         self.bias: nn.Parameter | None
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, **kw))
-        else:
-            self.register_parameter("bias", None)
+        _add_bias(self, bias, out_features, kw)
         self.reset_parameters()
 
     @property
@@ -268,7 +262,4 @@ class MonarchLinear(nn.Module):
         return self._multiply(eye).T
 
     def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"nblocks={self.nblocks}, bias={self.bias is not None}"
-        )
+        return _extra_repr(self, "nblocks", self.nblocks)

@@ -12,6 +12,7 @@ from typing import Any
 
 from torchkron.experiments.models.variants import MLPSpec, get_variant
 from torchkron.experiments.training.runs import SCHEMA, atomic_write_json, run_filename
+from torchkron.experiments.training.trainer import spec_fields
 
 #: A training recipe as ``TrainConfig.to_dict()`` writes it (``epochs`` set per record).
 BASE_CONFIG: dict[str, Any] = {
@@ -61,11 +62,7 @@ def make_record(
     biases = spec.hidden.out_features + spec.output.out_features
     return {
         "schema": SCHEMA,
-        "variant": spec.name,
-        "description": spec.description,
-        "family": spec.family,
-        "order": spec.order,
-        "spec": spec.to_dict(),
+        **spec_fields(spec),
         "seed": seed,
         "weights": spec.weights(),
         "parameters": spec.weights() + biases,

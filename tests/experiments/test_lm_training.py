@@ -12,10 +12,15 @@ import torch
 
 from torchkron import KronLinear, LowRankLinear, MonarchLinear
 from torchkron.cli import main
-from torchkron.experiments.data.text import MD5, load_text
+from torchkron.experiments.data.text import MD5, TextData, load_text
 from torchkron.experiments.errors import DataError, UserError
 from torchkron.experiments.models.gpt import GPT, GPTSpec, LinearSpec, make_linear
-from torchkron.experiments.training.lm_study import format_lr, parse_linear, study_plan
+from torchkron.experiments.training.lm_study import (
+    StudyPlan,
+    format_lr,
+    parse_linear,
+    study_plan,
+)
 from torchkron.experiments.training.lm_trainer import (
     LMConfig,
     LMJob,
@@ -308,25 +313,31 @@ def test_cli_train_one_run(
     assert main([*args[:-1], "--lr", "0.5"]) == 2  # existing run, no --resume
 
 
+def tiny_study_plan(data: TextData, *, lrs: tuple[float, ...], extend: int) -> StudyPlan:
+    """The study plan of ``narrow-mlp-h20`` alone (4-step runs, one seed), 1x16 models."""
+    plan = study_plan(
+        vocab_size=data.vocab_size,
+        base=tiny_config(iters=4, eval_interval=2, eval_iters=1),
+        lrs=lrs,
+        sweep_iters=4,
+        seeds=1,
+        only=["narrow-mlp-h20"],
+        extend=extend,
+    )
+    small = {"n_layer": 1, "n_embd": 16, "block_size": 8}
+    return type(plan)(
+        [replace(j, spec=j.spec.with_(**small)) for j in plan.sweep],
+        [replace(p, job=replace(p.job, spec=p.job.spec.with_(**small))) for p in plan.main],
+        plan.extend,
+    )
+
+
 @pytest.mark.slow
 def test_jobs_2_waits_for_the_sweep_and_uses_its_best_lr(text_dir: Path, tmp_path: Path) -> None:
     from torchkron.experiments.training.lm_runner import LMProgress, best_lr, run_plan
 
     data = load_text(text_dir, download=False, check_md5=False)
-    plan = study_plan(
-        vocab_size=data.vocab_size,
-        base=tiny_config(iters=4, eval_interval=2, eval_iters=1),
-        lrs=(1e-3, 3e-2),
-        sweep_iters=4,
-        seeds=1,
-        only=["narrow-mlp-h20"],
-    )
-    small = {"n_layer": 1, "n_embd": 16, "block_size": 8}
-    plan = type(plan)(
-        [replace(j, spec=j.spec.with_(**small)) for j in plan.sweep],
-        [replace(p, job=replace(p.job, spec=p.job.spec.with_(**small))) for p in plan.main],
-        0,
-    )
+    plan = tiny_study_plan(data, lrs=(1e-3, 3e-2), extend=0)
     progress = LMProgress(quiet=True, log_path=tmp_path / "progress.log")
     records = run_plan(
         plan, data, out_dir=tmp_path, command="t", workers=2, progress=progress, check_md5=False
@@ -363,21 +374,7 @@ def test_sweep_extends_the_grid_then_trains_at_the_best(text_dir: Path, tmp_path
     from torchkron.experiments.training.lm_runner import LMProgress, best_lr, run_plan
 
     data = load_text(text_dir, download=False, check_md5=False)
-    plan = study_plan(
-        vocab_size=data.vocab_size,
-        base=tiny_config(iters=4, eval_interval=2, eval_iters=1),
-        lrs=(1e-4, 2e-4),
-        sweep_iters=4,
-        seeds=1,
-        only=["narrow-mlp-h20"],
-        extend=2,
-    )
-    small = {"n_layer": 1, "n_embd": 16, "block_size": 8}
-    plan = type(plan)(
-        [replace(j, spec=j.spec.with_(**small)) for j in plan.sweep],
-        [replace(p, job=replace(p.job, spec=p.job.spec.with_(**small))) for p in plan.main],
-        plan.extend,
-    )
+    plan = tiny_study_plan(data, lrs=(1e-4, 2e-4), extend=2)
     log = tmp_path / "progress.log"
     records = run_plan(
         plan, data, out_dir=tmp_path, command="t", workers=1,

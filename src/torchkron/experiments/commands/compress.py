@@ -39,6 +39,7 @@ from torchkron.cli import (
     config_from,
     run_options,
 )
+from torchkron.experiments.commands._reports import finish_report, rewrite_report
 from torchkron.experiments.errors import UserError
 from torchkron.experiments.models.variants import LayerSpec, MLPSpec, build_mlp
 from torchkron.experiments.training.config import TrainConfig
@@ -280,7 +281,7 @@ def _reuse_scratch(
 ) -> list[str]:
     """Copy finished sweep runs of the same architecture, seed and recipe into ``out_dir``
     as scratch runs, so they are not trained twice; returns the copied file names."""
-    from torchkron.experiments.training.trainer import RunPaths
+    from torchkron.experiments.training.trainer import RunPaths, spec_fields
 
     runs_dir = None if reuse is None else reuse / "runs"
     if runs_dir is None or not runs_dir.is_dir():
@@ -307,11 +308,7 @@ def _reuse_scratch(
                         target,
                         {
                             **record,
-                            "variant": spec.name,
-                            "description": spec.description,
-                            "family": spec.family,
-                            "order": spec.order,
-                            "spec": spec.to_dict(),
+                            **spec_fields(spec),
                             "extra": {**spec.extra, "compress": block},
                         },
                     )
@@ -335,7 +332,6 @@ def run_compress(
     """Convert, evaluate and fine-tune at every rank, train the scratch arm, write the
     report; returns the path of ``compress.md``."""
     from torchkron.experiments.reporting.compress_report import compress_text, write_compress_report
-    from torchkron.experiments.training.progress import format_duration
     from torchkron.experiments.training.runner import Job, open_session, run_jobs, track
     from torchkron.experiments.training.trainer import RunPaths, evaluate, prepare_data, train_run
 
@@ -423,12 +419,15 @@ def run_compress(
                 progress=progress,
                 data=data if same_data and scratch_config.test_limit == config.test_limit else None,
             )
-        progress.message(
-            f"all runs done in {format_duration(time.perf_counter() - start)}; writing the report"
+        return finish_report(
+            progress,
+            start,
+            "report",
+            write_compress_report,
+            compress_text,
+            out_dir=out_dir,
+            plots=options.plots,
         )
-        paths = write_compress_report(out_dir, plots=options.plots)
-        progress.message(compress_text(paths.summary_data))
-        return paths.markdown
 
 
 # --- command line ------------------------------------------------------------------------
@@ -445,10 +444,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from torchkron.experiments.reporting.compress_report import compress_text, write_compress_report
 
     if args.report_only:
-        paths = write_compress_report(args.out, plots=not args.no_plots)
-        print(compress_text(paths.summary_data))
-        print(paths.wrote())
-        return 0
+        return rewrite_report(args, write_compress_report, compress_text)
     if args.factors < 2:
         raise UserError(
             f"--factors must be 2 or more (1 factor is the dense layer), got {args.factors}."

@@ -16,38 +16,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+from torchkron.cli import (
+    _non_negative_float,
+    _non_negative_int,
+    _positive_float,
+    _positive_int,
+)
+
 __all__ = ["register"]
 
 DEFAULT_OUT = "results/lm"
 LOG_FILE = "progress.log"
-
-
-def _pos_int(text: str) -> int:
-    from torchkron.cli import _positive_int
-
-    return _positive_int(text)
-
-
-def _nonneg_int(text: str) -> int:
-    from torchkron.cli import _non_negative_int
-
-    return _non_negative_int(text)
-
-
-def _pos_float(text: str) -> float:
-    from torchkron.cli import _positive_float
-
-    return _positive_float(text)
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
@@ -71,48 +50,52 @@ def _add_data(p: argparse.ArgumentParser) -> None:
 
 def _add_recipe(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recipe (nanoGPT shakespeare_char CPU defaults)")
-    g.add_argument("--iters", type=_pos_int, default=2000, help="steps (default %(default)s)")
-    g.add_argument("--batch-size", type=_pos_int, default=12, help="default %(default)s")
-    g.add_argument("--lr", type=_pos_float, default=1e-3, help="peak lr (default %(default)s)")
+    g.add_argument("--iters", type=_positive_int, default=2000, help="steps (default %(default)s)")
+    g.add_argument("--batch-size", type=_positive_int, default=12, help="default %(default)s")
+    g.add_argument("--lr", type=_positive_float, default=1e-3, help="peak lr (default %(default)s)")
     g.add_argument(
-        "--min-lr", type=_nonneg_float, default=0.0, help="final lr (default 0: lr / 10)"
+        "--min-lr", type=_non_negative_float, default=0.0, help="final lr (default 0: lr / 10)"
     )
-    g.add_argument("--warmup-iters", type=_nonneg_int, default=100, help="default %(default)s")
     g.add_argument(
-        "--lr-decay-iters", type=_nonneg_int, default=0, help="end of the cosine (0: --iters)"
+        "--warmup-iters", type=_non_negative_int, default=100, help="default %(default)s"
+    )
+    g.add_argument(
+        "--lr-decay-iters", type=_non_negative_int, default=0, help="end of the cosine (0: --iters)"
     )
     g.add_argument("--beta1", type=float, default=0.9, help="default %(default)s")
     g.add_argument("--beta2", type=float, default=0.99, help="default %(default)s")
-    g.add_argument("--weight-decay", type=_nonneg_float, default=0.1, help="default %(default)s")
     g.add_argument(
-        "--grad-clip", type=_nonneg_float, default=1.0, help="0: none (default %(default)s)"
+        "--weight-decay", type=_non_negative_float, default=0.1, help="default %(default)s"
     )
-    g.add_argument("--eval-interval", type=_pos_int, default=250, help="default %(default)s")
     g.add_argument(
-        "--eval-iters", type=_pos_int, default=20, help="fixed batches per split (default 20)"
+        "--grad-clip", type=_non_negative_float, default=1.0, help="0: none (default %(default)s)"
+    )
+    g.add_argument("--eval-interval", type=_positive_int, default=250, help="default %(default)s")
+    g.add_argument(
+        "--eval-iters", type=_positive_int, default=20, help="fixed batches per split (default 20)"
     )
     g.add_argument(
         "--no-full-eval", action="store_true", help="skip the full validation split at the end"
     )
     g.add_argument(
-        "--threads", type=_nonneg_int, default=1, help="torch threads per run (0: default)"
+        "--threads", type=_non_negative_int, default=1, help="torch threads per run (0: default)"
     )
     g.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
 
 
 def _add_model(p: argparse.ArgumentParser, *, structures: bool) -> None:
     g = p.add_argument_group("model (nanoGPT shakespeare_char CPU defaults)")
-    g.add_argument("--n-layer", type=_pos_int, default=4)
-    g.add_argument("--n-head", type=_pos_int, default=4)
+    g.add_argument("--n-layer", type=_positive_int, default=4)
+    g.add_argument("--n-head", type=_positive_int, default=4)
     g.add_argument(
-        "--n-embd", type=_pos_int, default=None, help="width (default 128; sweep: per config)"
+        "--n-embd", type=_positive_int, default=None, help="width (default 128; sweep: per config)"
     )
-    g.add_argument("--block-size", type=_pos_int, default=64)
-    g.add_argument("--dropout", type=_nonneg_float, default=0.0)
+    g.add_argument("--block-size", type=_positive_int, default=64)
+    g.add_argument("--dropout", type=_non_negative_float, default=0.0)
     g.add_argument("--bias", action="store_true", help="biases in linears and LayerNorms")
     g.add_argument("--init", choices=("gpt2", "linear"), default="gpt2")
     if structures:
-        g.add_argument("--mlp-hidden", type=_nonneg_int, default=0, help="0: 4 * n_embd")
+        g.add_argument("--mlp-hidden", type=_non_negative_int, default=0, help="0: 4 * n_embd")
         g.add_argument("--attn", default="dense", help="attention linears, e.g. kron:k2:r4")
         g.add_argument("--mlp", default="dense", help="MLP linears, e.g. lowrank:r4")
 
@@ -343,7 +326,7 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("train", help="train one config with one seed")
     p.add_argument("--name", default=None, help="config id (default: from the structures)")
-    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--seed", type=_non_negative_int, default=0)
     _add_model(p, structures=True)
     _add_recipe(p)
     _add_data(p)
@@ -357,23 +340,23 @@ def register(subparsers: Any) -> None:
         "family, then every config of the study at its family's best lr with --seeds "
         "seeds, in priority order; then the report. Resumable with --resume.",
     )
-    p.add_argument("--seeds", type=_pos_int, default=3, help="default %(default)s")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="default %(default)s")
     p.add_argument(
         "--lrs",
-        type=_pos_float,
+        type=_positive_float,
         nargs="+",
         default=[1e-3, 2e-3, 4e-3],
         help="learning rates of each family's sweep (default 1e-3 2e-3 4e-3)",
     )
     p.add_argument(
         "--sweep-iters",
-        type=_pos_int,
+        type=_positive_int,
         default=500,
         help="steps of a sweep run, schedule compressed to them (default %(default)s)",
     )
     p.add_argument(
         "--lr-extend",
-        type=_nonneg_int,
+        type=_non_negative_int,
         default=2,
         help="when a family's best rate is at an end of --lrs, sweep half (or twice) "
         "that rate too, up to this many times per family (default %(default)s)",
@@ -382,7 +365,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--list", action="store_true", help="print the plan and exit")
     p.add_argument(
         "--jobs",
-        type=_pos_int,
+        type=_positive_int,
         default=max(1, min(2, os.cpu_count() or 1)),
         help="runs side by side in worker processes (default: min(2, cores))",
     )
@@ -399,8 +382,8 @@ def register(subparsers: Any) -> None:
         help="time a training step of study configs side by side (OUT/step_bench.md)",
     )
     p.add_argument("--configs", nargs="+", metavar="ID", help="config ids (default: all)")
-    p.add_argument("--rounds", type=_pos_int, default=15, help="timed steps per config")
-    p.add_argument("--threads", type=_pos_int, default=1, help="torch threads (default 1)")
+    p.add_argument("--rounds", type=_positive_int, default=15, help="timed steps per config")
+    p.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
     p.add_argument("--note", default="", help="a line about the machine's state")
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="default %(default)s")
     p.set_defaults(func=_cmd_bench)

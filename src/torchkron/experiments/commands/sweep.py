@@ -38,6 +38,7 @@ from torchkron.cli import (
     config_from,
     run_options,
 )
+from torchkron.experiments.commands._reports import finish_report, rewrite_report
 from torchkron.experiments.errors import UserError
 from torchkron.experiments.models.variants import (
     HIDDEN_FEATURES,
@@ -269,7 +270,6 @@ def run_sweep(
     Returns the path of ``frontier.md``.
     """
     from torchkron.experiments.reporting.frontier import frontier_text, write_frontier
-    from torchkron.experiments.training.progress import format_duration
     from torchkron.experiments.training.runner import Job, open_session, run_jobs, track
 
     jobs = [Job(spec, seed) for spec in specs for seed in range(seeds)]
@@ -282,12 +282,15 @@ def run_sweep(
         )
         start = time.perf_counter()
         run_jobs(jobs, config, options, mnist, progress=progress)
-        progress.message(
-            f"all runs done in {format_duration(time.perf_counter() - start)}; writing the frontier"
+        return finish_report(
+            progress,
+            start,
+            "frontier",
+            write_frontier,
+            frontier_text,
+            out_dir=options.out_dir,
+            plots=options.plots,
         )
-        paths = write_frontier(options.out_dir, plots=options.plots)
-        progress.message(frontier_text(paths.summary_data))
-        return paths.markdown
 
 
 def _grid_from(args: argparse.Namespace) -> Grid:
@@ -306,10 +309,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.report_only:
         from torchkron.experiments.reporting.frontier import frontier_text, write_frontier
 
-        paths = write_frontier(args.out, plots=not args.no_plots)
-        print(frontier_text(paths.summary_data))
-        print(paths.wrote())
-        return 0
+        return rewrite_report(args, write_frontier, frontier_text)
     specs = grid_specs(_grid_from(args))
     config = config_from(args)
     if args.list:

@@ -3,16 +3,43 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from torchkron.experiments.errors import UserError
 
-__all__ = ["TrainConfig"]
+__all__ = ["ConfigDict", "TrainConfig", "check_at_least_one"]
+
+_C = TypeVar("_C", bound="ConfigDict")
+
+
+class ConfigDict:
+    """``to_dict`` / ``from_dict`` / ``with_`` of a frozen dataclass config (a mixin)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(cast(Any, self))
+
+    @classmethod
+    def from_dict(cls: type[_C], data: dict[str, Any]) -> _C:
+        # Keys that are not fields are ignored; missing fields get their defaults.
+        known = {f.name for f in fields(cast(Any, cls))}
+        return cast(_C, cast(Any, cls)(**{k: v for k, v in data.items() if k in known}))
+
+    def with_(self: _C, **changes: Any) -> _C:
+        return cast(_C, replace(cast(Any, self), **changes))
+
+
+def check_at_least_one(config: object, names: Iterable[str]) -> None:
+    """Raise the command line's error for the first option of ``names`` below 1."""
+    for name in names:
+        value = getattr(config, name)
+        if value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigDict):
     """Every knob of a training run. Defaults follow the PyTorch MNIST example.
 
     Attributes:
@@ -50,14 +77,7 @@ class TrainConfig:
                 raise UserError(
                     f"--{f.name.replace('_', '-')} must be a finite number, got {value}."
                 )
-        positive = {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "test_batch_size": self.test_batch_size,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
+        check_at_least_one(self, ("epochs", "batch_size", "test_batch_size"))
         for name in ("train_limit", "test_limit", "threads"):
             if getattr(self, name) < 0:
                 flag = name.replace("_", "-")
@@ -74,14 +94,3 @@ class TrainConfig:
             raise UserError(f"--eps must be positive, got {self.eps}.")
         if not self.std > 0:
             raise UserError(f"--std must be positive, got {self.std}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def with_(self, **changes: Any) -> TrainConfig:
-        return replace(self, **changes)

@@ -12,13 +12,12 @@ ends with the numbers of an uninterrupted one.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import pickle
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +28,16 @@ from torch import Tensor, nn
 from torchkron.experiments.data.text import TextData
 from torchkron.experiments.errors import UserError
 from torchkron.experiments.models.gpt import GPT, GPTSpec
+from torchkron.experiments.training.config import ConfigDict, check_at_least_one
 from torchkron.experiments.training.runs import (
     SCHEMA,
     RunRecord,
-    atomic_write_bytes,
     atomic_write_json,
     environment,
     load_run,
     now_iso,
-    run_filename,
 )
+from torchkron.experiments.training.trainer import RunPaths, _first_line, _save_torch
 
 __all__ = [
     "EvalEvent",
@@ -59,7 +58,7 @@ HISTORY_KEYS = ("iter", "train_loss", "val_loss", "lr", "train_seconds", "tokens
 
 
 @dataclass(frozen=True)
-class LMConfig:
+class LMConfig(ConfigDict):
     """Every knob of the training loop (nanoGPT ``shakespeare_char`` CPU defaults).
 
     Attributes:
@@ -97,10 +96,7 @@ class LMConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        for name in ("iters", "batch_size", "eval_interval", "eval_iters"):
-            if getattr(self, name) < 1:
-                flag = name.replace("_", "-")
-                raise UserError(f"--{flag} must be at least 1, got {getattr(self, name)}.")
+        check_at_least_one(self, ("iters", "batch_size", "eval_interval", "eval_iters"))
         for name in ("min_lr", "warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 flag = name.replace("_", "-")
@@ -118,17 +114,6 @@ class LMConfig:
     @property
     def decay_iters(self) -> int:
         return self.lr_decay_iters or self.iters
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LMConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def with_(self, **changes: Any) -> LMConfig:
-        return replace(self, **changes)
 
 
 def lr_at(it: int, config: LMConfig) -> float:
@@ -240,22 +225,8 @@ class LMJob:
         return float(self.spec.flops_per_token()) * self.config.iters * self.config.batch_size
 
 
-@dataclass(frozen=True)
-class LMPaths:
-    """Where one run keeps its record, checkpoint and final model."""
-
-    record: Path
-    checkpoint: Path
-    model: Path
-
-    @classmethod
-    def under(cls, out_dir: Path, name: str, seed: int) -> LMPaths:
-        stem = run_filename(name, seed).removesuffix(".json")
-        return cls(
-            out_dir / "runs" / f"{stem}.json",
-            out_dir / "checkpoints" / f"{stem}.pt",
-            out_dir / "models" / f"{stem}.pt",
-        )
+#: Where one run keeps its record, checkpoint and final model: the MNIST trainer's layout.
+LMPaths = RunPaths
 
 
 @dataclass(frozen=True)
@@ -270,12 +241,6 @@ class EvalEvent:
     val_loss: float
     tokens_per_s: float
     resumed_from: int = 0
-
-
-def _save_torch(path: Path, obj: Any) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _optimizer(model: nn.Module, config: LMConfig) -> torch.optim.AdamW:
@@ -488,9 +453,8 @@ def _restore(
             torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda_rng"]])
         return int(state["iter"]), dict(json.loads(state["record"]))
     except (OSError, RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        first_line = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         raise UserError(
             f"Checkpoint {path} cannot be loaded (truncated, corrupt or not a torchkron "
-            f"checkpoint: {type(exc).__name__}: {first_line}); delete it to restart that run "
+            f"checkpoint: {type(exc).__name__}: {_first_line(exc)}); delete it to restart that run "
             "from scratch."
         ) from None

@@ -39,7 +39,15 @@ from torchkron.experiments.training.runs import (
     run_filename,
 )
 
-__all__ = ["EpochEvent", "Prepared", "RunPaths", "evaluate", "prepare_data", "train_run"]
+__all__ = [
+    "EpochEvent",
+    "Prepared",
+    "RunPaths",
+    "evaluate",
+    "prepare_data",
+    "spec_fields",
+    "train_run",
+]
 
 # Shuffling draws from its own generator, seeded from the run seed plus this offset, so
 # the init (global RNG) and the data order are independent streams.
@@ -109,6 +117,7 @@ class RunPaths:
 
 
 def _save_torch(path: Path, obj: Any) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically (a crash leaves the old file)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -154,16 +163,23 @@ def _train_epoch(
     return float(loss_sum) / n
 
 
-def _new_record(
-    spec: MLPSpec, seed: int, config: TrainConfig, model: nn.Module, command: str, out_dir: Path
-) -> RunRecord:
+def spec_fields(spec: MLPSpec) -> dict[str, Any]:
+    """The fields of a run record that describe its model, in the record's key order."""
     return {
-        "schema": SCHEMA,
         "variant": spec.name,
         "description": spec.description,
         "family": spec.family,
         "order": spec.order,
         "spec": spec.to_dict(),
+    }
+
+
+def _new_record(
+    spec: MLPSpec, seed: int, config: TrainConfig, model: nn.Module, command: str, out_dir: Path
+) -> RunRecord:
+    return {
+        "schema": SCHEMA,
+        **spec_fields(spec),
         "seed": seed,
         "weights": spec.weights(),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -368,6 +384,7 @@ def _restore(
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, at most 160 characters, for error messages."""
     text = str(exc).strip()
     return text.splitlines()[0][:160] if text else ""
 
