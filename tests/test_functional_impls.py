@@ -64,8 +64,8 @@ def test_forward_and_gradients_match_reference(impl, shapes, rank, lead, seed):
 GRAD_CASES = [
     ([(3, 4)], 2),
     ([(2, 3), (4, 2)], 1),
-    ([(2, 3), (4, 2)], 3),  # two factors, rank > 1: mode 1 first
-    ([(4, 2), (2, 3)], 3),  # ... and mode 2 first
+    ([(2, 3), (4, 2)], 3),
+    ([(4, 2), (2, 3)], 3),
     ([(2, 2), (3, 1), (1, 3)], 2),
     ([(2, 1), (1, 2), (2, 2), (3, 2)], 2),
     ([(2, 2)] * 4, 1),  # small factors: merged into groups
@@ -130,28 +130,6 @@ def test_chain_plan_joint_rank_for_two_groups():
     plan = _chain_plan_cached((25, 25), (28, 28), 4)
     assert plan.joint
     assert [s.m for s in plan.steps] == [4 * 25, 25]
-
-
-def _flops(plan, batch=1):
-    return sum(batch * s.pre * s.k * s.m * s.post for s in plan.steps)
-
-
-@pytest.mark.parametrize(
-    ("outs", "ins", "order"),
-    [((64, 48), (32, 24), (0, 1)), ((2, 4), (3, 2), (0, 1)), ((4, 2), (2, 3), (1, 0))],
-)
-def test_joint_rank_plan_takes_the_cheaper_order(outs, ins, order):
-    plan = _chain_plan_cached(outs, ins, 4)
-    assert plan.joint
-    assert plan.order == order
-    (o1, o2), (n1, n2) = outs, ins
-    one_first = 4 * o1 * n2 * (n1 + o2)
-    two_first = 4 * n1 * o2 * (n2 + o1)
-    assert _flops(plan) == min(one_first, two_first)
-    # the executed sizes are the Kronecker product's: in -> out features
-    assert plan.steps[0].pre * plan.steps[0].k * plan.steps[0].post == n1 * n2
-    last = plan.steps[-1]
-    assert last.pre * last.m * last.post == o1 * o2
 
 
 def test_unknown_impl_and_missing_fastkron(monkeypatch):

@@ -79,7 +79,7 @@ def _one_gemm(p: int, m: int, k: int, q: int) -> bool:
 
 
 #: Measured crossover of the two weight-gradient layouts (see ``_weight_grad``).
-_ONE_GEMM_RATIO = 0.75
+_ONE_GEMM_RATIO = 0.85
 
 
 class _BatchedStepFn(torch.autograd.Function):

@@ -474,16 +474,10 @@ def _chain_plan_cached(outs: tuple[int, ...], ins: tuple[int, ...], rank: int) -
     g_ins = tuple(math.prod(ins[a:b]) for a, b in itertools.pairwise(bounds))
     if len(groups) == 2 and rank > 1:
         (o1, o2), (n1, n2) = g_outs, g_ins
-        # Either mode first, producing all R terms at once (a wider out-dimension R * o),
-        # then the other mode with the rank summed inside its contraction (k = R * n).
-        # Mode 2 first: a plain GEMM, then batched products that can add the bias.
-        two_first = (GemmStep(n1, n2, rank * o2, 1), GemmStep(1, n1 * rank, o1, o2))
-        # Mode 1 first: batched products, then a plain GEMM; fewer FLOPs when
-        # o1 * n2 * (n1 + o2) < n1 * o2 * (n2 + o1).
-        one_first = (GemmStep(1, n1, o1 * rank, n2), GemmStep(o1, rank * n2, o2, 1))
-        if o1 * n2 * (n1 + o2) < n1 * o2 * (n2 + o1):
-            return _ChainPlan(groups, (0, 1), True, one_first)
-        return _ChainPlan(groups, (1, 0), True, two_first)
+        # Mode 2 first (as the wider out-dimension R * o2 of a plain GEMM), then mode 1
+        # with the rank summed inside the contraction (k = n1 * R).
+        steps = (GemmStep(n1, n2, rank * o2, 1), GemmStep(1, n1 * rank, o1, o2))
+        return _ChainPlan(groups, (1, 0), True, steps)
     order = _best_order(g_outs, g_ins, 1)
     if len(g_outs) == 2 and _order_flops((0, 1), g_outs, g_ins, 1) == _order_flops(
         (1, 0), g_outs, g_ins, 1
@@ -537,14 +531,9 @@ def _inplace(
         f1, f2 = merged
         r, o2, n2 = f2.shape
         o1, n1 = f1.shape[1], f1.shape[2]
-        if plan.order == (1, 0):
-            # Rows (r, o2) of the first GEMM; columns (i1, r) of the second: the rank axis
-            # produced by the first step sits right after mode 1, where the second sums it.
-            mats = [f2.reshape(r * o2, n2), f1.permute(1, 2, 0).reshape(o1, n1 * r)]
-        else:
-            # Rows (o1, r) of the first step; columns (r, i2) of the second: the rank axis
-            # sits right before mode 2, where the second step sums it.
-            mats = [f1.transpose(0, 1).reshape(o1 * r, n1), f2.transpose(0, 1).reshape(o2, r * n2)]
+        # Rows (r, o2) of the first GEMM; columns (i1, r) of the second: the rank axis
+        # produced by the first step sits right after mode 1, where the second sums it.
+        mats = [f2.reshape(r * o2, n2), f1.permute(1, 2, 0).reshape(o1, n1 * r)]
         return chain(x, mats, plan.steps, fused, bias)
     # flatten(0, 1) of a (1, o, n) factor is a view: cheaper for autograd than [0].
     terms = [merged[i].flatten(0, 1) if rank == 1 else merged[i] for i in plan.order]

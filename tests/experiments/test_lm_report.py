@@ -86,7 +86,7 @@ def test_summary_table_findings_and_missing_runs(tmp_path: Path) -> None:
     assert "lrsweep-dense-lr4e-3 seed 0" in summary["missing_sweep"]
     assert summary["unfinished"] == ["monarch-mlp-b32 seed 0 (iter 2000/2000)"]
     findings = {f["question"]: f for f in summary["findings"]}
-    low = findings["MLP at 3.9% of dense weights: Kronecker vs low-rank"]
+    low = findings["MLP at 3.9%: Kronecker vs low-rank"]
     assert low["verdict"] == "lower"
     assert low["gap"] == pytest.approx(2.01 - 2.105)
     assert findings["dense (lr 0.001) vs nanoGPT's 1.88 anchor"]["gap"] == pytest.approx(0.03)
@@ -94,7 +94,7 @@ def test_summary_table_findings_and_missing_runs(tmp_path: Path) -> None:
     assert "dense-recipe seed 1" not in summary["missing_main"]  # planned with one seed
     assert (
         "not measured yet (monarch-mlp-b32 missing)"
-        in (findings["MLP at 3.9% of dense weights: Kronecker vs Monarch"]["text"])
+        in (findings["MLP at 3.9%: Kronecker vs Monarch"]["text"])
     )
     md = report_markdown(summary)
     assert "| narrow-mlp-h20 | dense MLP hidden 20 | | | | | | | not run yet | 0/3 |" in md

@@ -252,7 +252,7 @@ def _findings(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         ("7.8%", "kron-mlp-k2-r8", "lowrank-mlp-r8", "monarch-mlp-b16", "narrow-mlp-h40"),
     ):
         for base, what in ((low, "low-rank"), (mon, "Monarch"), (narrow, "narrower dense MLP")):
-            add(f"MLP at {budget} of dense weights: Kronecker vs {what}", kron, base)
+            add(f"MLP at {budget}: Kronecker vs {what}", kron, base)
         add(f"MLP at {budget}: Kronecker vs dense", kron, "dense")
     add(
         "whole model: Kronecker everywhere (R=4) vs dense n_embd 64", "kron-both-k2-r4", "dense-e64"

@@ -19,6 +19,7 @@ from torchkron.experiments.training.lm_study import PlannedJob, StudyPlan, exten
 from torchkron.experiments.training.lm_trainer import EvalEvent, LMJob, LMPaths, train_lm
 from torchkron.experiments.training.progress import format_duration
 from torchkron.experiments.training.runs import RunRecord, load_run
+from torchkron.experiments.training.workers import exit_with_parent
 
 __all__ = ["LMProgress", "best_lr", "next_sweep_lr", "run_plan"]
 
@@ -127,6 +128,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(events: Any, data_dir: Path | None, check_md5: bool) -> None:
+    exit_with_parent()
     _WORKER["events"] = events
     _WORKER["data"] = load_text(data_dir, download=False, check_md5=check_md5)
 

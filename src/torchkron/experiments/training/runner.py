@@ -37,6 +37,7 @@ from torchkron.experiments.training.trainer import (
     prepare_data,
     train_run,
 )
+from torchkron.experiments.training.workers import exit_with_parent
 
 __all__ = [
     "Job",
@@ -212,6 +213,7 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def _init_worker(events: Any, stop: Any, data_dir: Path | None, config: TrainConfig) -> None:
+    exit_with_parent()
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     _WORKER["events"] = events
