@@ -162,7 +162,7 @@ def lm_headline(folder: Path = LM) -> str:
     ]
     lines += [
         "",
-        "Reference models: "
+        "References: "
         + "; ".join(f"{r['config']} ({r['parameters']:,} params) {_lm_cell(r)}" for r in refs)
         + ".",
         "",
