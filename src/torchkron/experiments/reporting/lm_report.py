@@ -262,7 +262,7 @@ def _findings(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     add("Kronecker in attention (R=4) vs dense", "kron-attn-k2-r4", "dense")
     add("Kronecker attention R=4 vs low-rank attention r=4", "kron-attn-k2-r4", "lowrank-attn-r4")
     add("Kronecker attention R=4 vs Monarch attention b=32", "kron-attn-k2-r4", "monarch-attn-b32")
-    for lo, hi in (("r1", "r2"), ("r2", "r4"), ("r4", "r8")):
+    for lo, hi in (("r1", "r2"), ("r2", "r4"), ("r4", "r8"), ("r8", "r16"), ("r16", "r32")):
         add(
             f"Kronecker MLP rank {hi[1:]} vs rank {lo[1:]}",
             f"kron-mlp-k2-{hi}",

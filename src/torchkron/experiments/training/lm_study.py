@@ -185,6 +185,9 @@ def study_configs(vocab_size: int = 65) -> list[LMConfigSpec]:
         _cfg("kron-mlp-k3-r5", "kron", "mlp", "", 30, mlp=kron(5, 3)),
         _cfg("lowrank-attn-r4", "lowrank", "attn", "b4", 31, attn=low(4)),
         _cfg("monarch-attn-b32", "monarch", "attn", "b4", 32, attn=mon(32)),
+        # tier 4: higher ranks while still far below dense (15.6% and 31% of the MLP)
+        _cfg("kron-mlp-k2-r16", "kron", "mlp", "", 40, mlp=kron(16)),
+        _cfg("kron-mlp-k2-r32", "kron", "mlp", "", 41, mlp=kron(32)),
     ]
     return [replace(c, spec=c.spec.with_(vocab_size=vocab_size)) for c in configs]
 
