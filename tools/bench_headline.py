@@ -46,10 +46,6 @@ def _fmt(seconds: float | None) -> str:
     return f"{seconds * 1e6:.0f} us"
 
 
-def _mib(n: float | None) -> str:
-    return "-" if n is None else f"{n / 2**20:.1f} MiB"
-
-
 def _ratio(a: float | None, b: float | None) -> str:
     return "-" if a is None or b is None else f"{a / b:.2f}x"
 
@@ -71,17 +67,6 @@ def _table(doc: dict[str, Any]) -> Cells:
             table.setdefault((r["shape"], r["dtype"], r["mode"]), {})[r["contender"]] = r[
                 "median_s"
             ]
-    return table
-
-
-def _peak_memory(doc: dict[str, Any]) -> Cells:
-    """Training-step peak memory in bytes: the step's peak plus what stays resident (the
-    parameters and the input), as ``bench`` reports it."""
-    table: Cells = {}
-    for r in doc["results"]:
-        if r.get("status") == "ok" and "peak_step_bytes" in r:
-            peak = r["peak_step_bytes"] + r.get("resident_bytes", 0)
-            table.setdefault((r["shape"], r["dtype"], r["mode"]), {})[r["contender"]] = peak
     return table
 
 
@@ -128,8 +113,8 @@ def _shape_label(shape: dict[str, Any]) -> str:
 def speed_summary(paths: Sequence[Path]) -> str:
     """One float32 training-step row per shape: nn.Linear vs KronLinear on each machine.
 
-    Columns per machine: nn.Linear, KronLinear, KronLinear's speed-up; on the first (CPU)
-    machine also the training step's peak memory of both.
+    Columns per machine: nn.Linear, KronLinear, KronLinear's speed-up (peak memory is in
+    the full tables of docs/speed.md).
     """
     docs = [json.loads(p.read_text()) for p in paths if p.exists()]
     docs = [d for p, d in zip(paths, docs, strict=False) if not is_smoke(p, d)]
@@ -137,13 +122,10 @@ def speed_summary(paths: Sequence[Path]) -> str:
         return "_No benchmark results found._\n"
     shapes = {s["name"]: s for s in docs[0]["shapes"]}
     times = [_table(d) for d in docs]
-    memory = _peak_memory(docs[0])
     labels = ["CPU" if d["environment"].get("device") == "cpu" else "GPU" for d in docs]
     head = ["layer"]
-    for i, label in enumerate(labels):
+    for label in labels:
         head += [f"{label} nn.Linear", f"{label} KronLinear", f"{label} speed-up"]
-        if i == 0:
-            head += [f"{label} peak memory (nn.Linear / KronLinear)"]
     machines = "; ".join(
         f"{label}: {d['environment'].get('device_name')}, {d['environment'].get('threads')} "
         f"threads, torch {d['environment'].get('torch')}"
@@ -158,13 +140,10 @@ def speed_summary(paths: Sequence[Path]) -> str:
     ]
     for name, shape in shapes.items():
         row = [_shape_label(shape)]
-        for i, t in enumerate(times):
+        for t in times:
             cell = t.get((name, "float32", "train"), {})
             dense, kron = cell.get("dense"), cell.get("KronLinear")
             row += [_fmt(dense), _fmt(kron), _ratio(dense, kron)]
-            if i == 0:
-                mem = memory.get((name, "float32", "train"), {})
-                row += [f"{_mib(mem.get('dense'))} / {_mib(mem.get('KronLinear'))}"]
         lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
