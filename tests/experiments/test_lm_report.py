@@ -137,3 +137,18 @@ def test_matched_compute_picks_the_best_dense_model_no_more_expensive(tmp_path: 
     assert r4.endswith("-> higher; dense-e96 1.00M FLOPs/token")
     r1 = next(line for line in text.splitlines() if "matched compute: kron-mlp-k2-r1" in line)
     assert "vs dense-e64 1.901" in r1
+
+
+def test_table_shows_the_side_by_side_step_bench(tmp_path: Path) -> None:
+    out = write_runs(tmp_path, [record("dense", 0, 1.9, family="dense")])
+    bench = {"rows": [{"config": "dense", "step_seconds": 0.0753, "ratio_vs_dense": 1.0}]}
+    (out / "step_bench.json").write_text(json.dumps(bench))
+    write_report(out, plots=False)
+    lines = (out / "results.md").read_text().splitlines()
+    row = next(x for x in lines if x.startswith("| dense |"))
+    assert "| 0.300 | 0.075 | 1.900 |" in row  # the run's own step time, then the bench's
+    (out / "step_bench.json").write_text("{}")
+    from torchkron.experiments.errors import UserError
+
+    with pytest.raises(UserError, match=r"step_bench.json is not a step benchmark file \("):
+        write_report(out, plots=False)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torchkron.experiments.errors import UserError
 from torchkron.experiments.training.runs import (
     RUNS_DIR,
     RunRecord,
@@ -318,6 +319,7 @@ def _f(x: Any, spec: str, none: str = "—") -> str:
 
 def report_markdown(summary: dict[str, Any]) -> str:
     """``results.md``: what was measured, the table, the sweep, the findings, what's missing."""
+    bench: dict[str, float] = summary.get("step_bench") or {}
     m = summary["machine"]
     lines = [
         "# Kronecker layers in a character-level GPT (Tiny Shakespeare)",
@@ -332,7 +334,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
         "",
         f"Machine: {m.get('processor')}, {m.get('cpu_count')} cores, "
         f"{m.get('threads')} thread(s) per run, 2 runs side by side, torch {m.get('torch')}; "
-        "runs trained over two sessions, the first with the machine shared with other jobs "
+        "runs trained over three sessions, the first two with the machine shared with other jobs "
         "(load average 6-9 on 2 cores), so per-run times are upper bounds, comparable only "
         "roughly; compare speed with the side-by-side step times of `lm bench` instead.",
         f"Runs: {summary['complete_runs']} complete of {summary['runs']} run files.",
@@ -343,11 +345,13 @@ def report_markdown(summary: dict[str, Any]) -> str:
         "params = every trainable number (embedding tied to the head). FLOPs = forward "
         "FLOPs per token (matmuls as executed, attention over the full context, head; a "
         "training step costs about 3x that for every structure). "
-        "Step = median training seconds per step over seeds.",
+        "Step = median training seconds per step over seeds, as each run measured it under its "
+        "session's load; bench = `torchkron lm bench`'s step time with every config timed side "
+        "by side in one process ([step_bench.md](step_bench.md)), the one to compare.",
         "",
         "| config | structure | lr | attn weights | MLP weights | params | FLOPs/token | "
-        "step (s) | val loss (mean ± std) | seeds |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|---|",
+        "step (s) | bench (s) | val loss (mean ± std) | seeds |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in summary["rows"]:
         if not r.get("val_losses"):
@@ -360,7 +364,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
         lines.append(
             f"| {r['config']} | {r['description']} | {r['lr']:g} | {r['attn_weights']:,} | "
             f"{r['mlp_weights']:,} | {r['parameters']:,} | {r['flops_per_token'] / 1e6:.2f}M | "
-            f"{r['step_seconds']:.3f} | {r['val_mean']:.3f}{std} | "
+            f"{r['step_seconds']:.3f} | {_f(bench.get(r['config']), '.3f')} | "
+            f"{r['val_mean']:.3f}{std} | "
             f"{len(r['val_losses'])}/{r['seeds_planned']} |"
         )
     lines += ["", "## Learning-rate sweep (seed 0, 500 iterations)", ""]
@@ -445,18 +450,27 @@ def _plot(summary: dict[str, Any], x_key: str, xlabel: str, path: Path) -> None:
     plt.close(fig)
 
 
+def load_step_bench(out_dir: Path) -> dict[str, float]:
+    """Seconds per step by config from ``OUT/step_bench.json`` (``lm bench``), if any."""
+    path = out_dir / "step_bench.json"
+    if not path.exists():
+        return {}
+    try:
+        rows = json.loads(path.read_text())["rows"]
+        return {str(r["config"]): float(r["step_seconds"]) for r in rows}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"{path} is not a step benchmark file ({exc}); rerun `torchkron lm bench` or delete it."
+        ) from exc
+
+
 def write_report(out_dir: Path, *, plots: bool = True) -> list[Path]:
     """Write ``summary.json``, ``results.md`` and (with ``plots``) the two frontier PNGs."""
     summary = summarize(load_lm_runs(out_dir))
+    summary["step_bench"] = load_step_bench(out_dir)
     paths = [out_dir / "summary.json", out_dir / "results.md"]
     atomic_write_json(paths[0], summary)
-    text = report_markdown(summary)
-    if (out_dir / "step_bench.md").exists():
-        text += (
-            "\nStep times measured side by side (the table's step times depend on the load "
-            "while each run trained): [step_bench.md](step_bench.md).\n"
-        )
-    atomic_write_text(paths[1], text)
+    atomic_write_text(paths[1], report_markdown(summary))
     if plots and any(r.get("val_losses") for r in summary["rows"]):
         p1, p2 = out_dir / "frontier_params.png", out_dir / "frontier_time.png"
         _plot(summary, "parameters", "trainable parameters (log)", p1)
