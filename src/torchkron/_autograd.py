@@ -48,7 +48,9 @@ def _step(s: Tensor, w: Tensor, step: GemmStep, batch: int, bias: Tensor | None 
     s3 = s.reshape(p, step.k, step.post)
     if torch.is_grad_enabled() and w.requires_grad and not _tracing():
         out: Tensor = _BatchedStepFn.apply(w, s3)  # type: ignore[no-untyped-call]
-        return out if bias is None else out + bias.view(1, step.m, step.post)
+        # In place: the product is saved by nothing, and a fresh (P, m, post) tensor for
+        # an out-of-place sum costs more than the add itself (new pages to fault in).
+        return out if bias is None else out.add_(bias.view(1, step.m, step.post))
     we = w.expand(p, step.m, step.k)
     if bias is not None:
         return torch.baddbmm(bias.view(1, step.m, step.post), we, s3)
@@ -117,7 +119,7 @@ def _forward(
     for i, (w, st) in enumerate(zip(mats, steps, strict=True)):
         states.append(_step(states[-1], w, st, batch, bias if fold and i == last else None))
     out = states[-1].reshape(batch, steps[last].pre * steps[last].m * steps[last].post)
-    states[-1] = out if bias is None or fold else out + bias
+    states[-1] = out if bias is None or fold else out.add_(bias)  # in place, as above
     return states
 
 
