@@ -16,7 +16,6 @@ goal shapes) and prints, per shape, the faster one and what the rule picks.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 import torch.utils.benchmark as tb
 
 from torchkron._autograd import _ONE_GEMM_RATIO, _one_gemm
+from torchkron.experiments.training.runs import cpu_name
 from torchkron.functional import _chain_plan_cached
 
 # (label, out factors, in factors, rank, batch): the benchmark shapes with two factors.
@@ -50,16 +50,6 @@ def batched_steps() -> list[tuple[str, int, int, int, int]]:
     return out
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def partial(g: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return torch.bmm(g, s.transpose(1, 2)).sum(0)
 
@@ -81,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Weight gradient of a batched step: partial products vs one GEMM",
         "",
-        f"Machine: {_cpu_name()}.",
+        f"Machine: {cpu_name()}.",
         "",
         f"`python benchmarks/weight_grad.py --threads {args.threads}`; torch {torch.__version__}, "
         f"{args.threads} thread(s); medians over {args.rounds} interleaved rounds of "

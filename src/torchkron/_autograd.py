@@ -71,8 +71,9 @@ def _weight_grad(g: Tensor, s: Tensor) -> Tensor:
 
 
 def _tracing() -> bool:
-    # Traced and compiled graphs keep plain operators (torch.jit.trace cannot check a
-    # custom Function, and the compiler optimises the plain graph itself).
+    """Under torch.compile, torch.export or torch.jit.trace: plain operators only, no
+    state (trace cannot check a custom Function; the compiler optimises the plain graph,
+    and a cached weight would be baked into it)."""
     return bool(torch._C._get_tracing_state()) or torch.compiler.is_compiling()
 
 

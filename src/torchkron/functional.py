@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from torchkron._autograd import GemmStep, chain
+from torchkron._autograd import GemmStep, _tracing, chain
 
 __all__ = [
     "IMPLS",
@@ -655,12 +655,6 @@ def _cache_key(factors: Sequence[Tensor]) -> tuple[Any, ...] | None:
         )
     except RuntimeError:  # inference tensors have no version counter: never cached
         return None
-
-
-def _tracing() -> bool:
-    """Under torch.compile, torch.export or torch.jit.trace: no state, no cache."""
-    jit_tracing = bool(torch._C._get_tracing_state())
-    return jit_tracing or torch.compiler.is_compiling()
 
 
 def _cacheable(factors: Sequence[Tensor]) -> bool:
