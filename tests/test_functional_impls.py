@@ -237,3 +237,36 @@ def test_parameters_gradients_and_adam_state_scale_with_the_factors():
     assert all(p.grad.numel() == p.numel() for p in params)
     assert sum(t.numel() for t in state if t.dim() > 0) == 2 * sum(p.numel() for p in params)
     assert max(t.numel() for t in state) <= largest
+
+
+def _graph_nodes(fn: object) -> set[str]:
+    seen: set[str] = set()
+    stack = [fn]
+    while stack:
+        node = stack.pop()
+        if node is None or type(node).__name__ in seen:
+            continue
+        seen.add(type(node).__name__)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)  # type: ignore[attr-defined]
+    return seen
+
+
+@pytest.mark.parametrize("impl", ["bmm", "fused"])
+@pytest.mark.parametrize(("shapes", "rank"), [([(4, 3), (3, 2)], 1), ([(3, 3), (3, 3)], 1)])
+def test_bias_adds_no_copy_of_the_output(impl, shapes, rank):
+    # An in-place add on a reshaped view of the output made autograd rebuild the output's
+    # gradient through CopySlices: a zeroed copy of the output and two more copies per
+    # backward. The bias must reach the graph as one node over the fresh product.
+    factors = [f.requires_grad_() for f in random_factors(shapes, rank, seed=0)]
+    n_out = math.prod(o for o, _ in shapes)
+    x = torch.randn(5, math.prod(n for _, n in shapes), dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(n_out, dtype=torch.float64, requires_grad=True)
+    y = kron_linear(x, factors, bias, impl=impl)
+    nodes = _graph_nodes(y.grad_fn)
+    assert not nodes & {"CopySlices", "AsStridedBackward0"}, nodes
+    ref = x @ reference_weight(factors).T + bias
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(y, [x, bias, *factors], g)
+    want = torch.autograd.grad(ref, [x, bias, *factors], g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

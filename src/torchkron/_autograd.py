@@ -119,9 +119,46 @@ def _forward(
     fold = bias is not None and steps[last].pre == 1
     for i, (w, st) in enumerate(zip(mats, steps, strict=True)):
         states.append(_step(states[-1], w, st, batch, bias if fold and i == last else None))
-    out = states[-1].reshape(batch, steps[last].pre * steps[last].m * steps[last].post)
-    states[-1] = out if bias is None or fold else out.add_(bias)  # in place, as above
+    features = steps[last].pre * steps[last].m * steps[last].post
+    out = states[-1]  # a fresh GEMM output, not a view
+    if bias is not None and not fold:
+        out = _add_bias(out, bias, batch)
+    states[-1] = out.reshape(batch, features)
     return states
+
+
+class _AddBiasFn(torch.autograd.Function):
+    """``y += bias`` on the fresh last state, broadcast over its rows as ``(B, features)``.
+
+    Autograd would see ``y.reshape(B, features).add_(bias)`` as an in-place change of a
+    view and rebuild ``y``'s gradient through ``CopySlices``: a zeroed copy of the whole
+    output and two more copies per backward (a third of a 768->3072 rank-1 step here).
+    Marking the base itself dirty keeps the backward a pass-through plus one sum.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor, bias: Tensor, batch: int) -> Tensor:
+        ctx.mark_dirty(y)
+        ctx.features = bias.shape[0]
+        y.view(batch, bias.shape[0]).add_(bias)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        dbias = grad.reshape(-1, ctx.features).sum(0) if ctx.needs_input_grad[1] else None
+        return grad, dbias, None
+
+
+def _add_bias(y: Tensor, bias: Tensor, batch: int) -> Tensor:
+    """``y`` (a GEMM output of ``batch * features`` numbers) plus ``bias``, in place: the
+    product is saved by nothing, and a fresh output for an out-of-place sum costs more
+    than the add itself (new pages to fault in)."""
+    if _tracing():
+        return (y.reshape(batch, bias.shape[0]) + bias).reshape(y.shape)
+    if torch.is_grad_enabled() and (y.requires_grad or bias.requires_grad):
+        out: Tensor = _AddBiasFn.apply(y, bias, batch)  # type: ignore[no-untyped-call]
+        return out
+    return y.view(batch, bias.shape[0]).add_(bias).view(y.shape)
 
 
 def _manual_backward(
