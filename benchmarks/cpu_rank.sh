@@ -17,5 +17,5 @@ export TORCHKRON_CALIBRATION="${TORCHKRON_CALIBRATION:-benchmarks/results/calibr
 "$PYTHON" -m torchkron.experiments.commands.bench --device cpu --calibrate "$@"
 exec "$PYTHON" -m torchkron.experiments.commands.bench --device cpu --dtype float32 \
     --shapes 768-3072-r1-b1024,768-3072-r4-b1024,768-3072-r16-b1024,784-625-b64,1024-b256,4096-b1024 \
-    --contenders dense,torchkron:bmm,torchkron:materialize,KronLinear \
+    --contenders dense,dense:onednn,torchkron:bmm,torchkron:materialize,KronLinear \
     --rounds 3 --min-run-time 0.2 --out benchmarks/results --tag rank "$@"

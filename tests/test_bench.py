@@ -234,3 +234,31 @@ def test_import_torchkron_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _row(contender: str, median_s: float, **extra: object) -> dict[str, object]:
+    base = {"shape": "1024-b256", "dtype": "float32", "mode": "forward", "status": "ok"}
+    return {**base, "contender": contender, "median_s": median_s, **extra}
+
+
+@pytest.mark.parametrize(
+    ("pick", "kron_s", "met_layer", "met_pick"),
+    [
+        ("bmm", 1.25, False, True),  # right choice; the layer's own timing 25% off (noise)
+        ("materialize", 1.0, True, False),  # wrong choice at 2x: caught from the plans' times
+    ],
+)
+def test_auto_goal_judges_the_choice_apart_from_the_layers_timing(
+    pick, kron_s, met_layer, met_pick
+):
+    results = [
+        _row("torchkron:bmm", 1.0),
+        _row("torchkron:materialize", 2.0),
+        _row("KronLinear", kron_s, auto_impl=pick, ratio_vs_best=1.0 / kron_s),
+    ]
+    goals = {g["goal"]: g for g in bench._goals(results)}
+    layer = goals["auto (KronLinear) within 10% of the faster of bmm and materialize"]
+    choice = goals["auto's pick within 10% of the faster of bmm and materialize (their times)"]
+    assert layer["met"] is met_layer
+    assert choice["met"] is met_pick
+    assert choice["value"] == pytest.approx(1.0 if pick == "bmm" else 0.5)

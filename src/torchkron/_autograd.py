@@ -24,6 +24,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from torchkron import _gemm
+from torchkron._gemm import _tracing
+
 __all__ = ["GemmStep", "chain"]
 
 
@@ -40,9 +43,14 @@ def _step(s: Tensor, w: Tensor, step: GemmStep, batch: int, bias: Tensor | None 
     """One contraction; ``bias`` (only with ``step.pre == 1``) is added by the GEMM itself."""
     p = batch * step.pre
     if step.post == 1:
-        if bias is not None:
-            return torch.addmm(bias, s.reshape(p, step.k), w.t())
-        return s.reshape(p, step.k) @ w.t()
+        s2 = s.reshape(p, step.k)
+        recorded = torch.is_grad_enabled() and (
+            s2.requires_grad or w.requires_grad or (bias is not None and bias.requires_grad)
+        )
+        if recorded and _gemm.uses_onednn(s2, w):
+            out2: Tensor = _PlainStepFn.apply(s2, w, bias)  # type: ignore[no-untyped-call]
+            return out2
+        return _gemm.linear(s2, w, bias)
     # expand() is a stride-0 view: the batched GEMM reads the same w for every entry,
     # where torch.matmul(w, s) would first copy s into a transposed layout.
     s3 = s.reshape(p, step.k, step.post)
@@ -66,15 +74,8 @@ def _weight_grad(g: Tensor, s: Tensor) -> Tensor:
         # move P*Q*(m + k) numbers, where the batched products write and re-read P*m*k.
         gt = g.transpose(0, 1).reshape(m, p * q)  # (m, P*Q)
         st = s.transpose(0, 1).reshape(k, p * q)  # (k, P*Q)
-        return gt @ st.t()
+        return _gemm.linear(gt, st)
     return torch.bmm(g, s.transpose(1, 2)).sum(0)  # (P, m, k) partial sums, then their sum
-
-
-def _tracing() -> bool:
-    """Under torch.compile, torch.export or torch.jit.trace: plain operators only, no
-    state (trace cannot check a custom Function; the compiler optimises the plain graph,
-    and a cached weight would be baked into it)."""
-    return bool(torch._C._get_tracing_state()) or torch.compiler.is_compiling()
 
 
 def _one_gemm(p: int, m: int, k: int, q: int) -> bool:
@@ -83,6 +84,25 @@ def _one_gemm(p: int, m: int, k: int, q: int) -> bool:
 
 #: Measured crossover of the two weight-gradient layouts (see ``_weight_grad``).
 _ONE_GEMM_RATIO = 0.85
+
+
+class _PlainStepFn(torch.autograd.Function):
+    """``s @ w.T + bias`` on oneDNN (see :mod:`torchkron._gemm`), which autograd cannot
+    differentiate; its backward falls back to plain operators under ``create_graph``."""
+
+    @staticmethod
+    def forward(ctx: Any, s: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(s, w)
+        return _gemm.linear(s, w, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        s, w = ctx.saved_tensors
+        grad = grad.contiguous()
+        ds = _gemm.linear(grad, w.t()) if ctx.needs_input_grad[0] else None  # (P, k)
+        dw = grad.t() @ s if ctx.needs_input_grad[1] else None  # (m, k)
+        dbias = grad.sum(0) if ctx.needs_input_grad[2] else None
+        return ds, dw, dbias
 
 
 class _BatchedStepFn(torch.autograd.Function):
@@ -184,7 +204,7 @@ def _manual_backward(
             if need_mats[i]:
                 mat_grads[i] = g2.t() @ s.reshape(p, st.k)
             if i > first or need_input:
-                g = g2 @ w
+                g = _gemm.linear(g2, w.t())
         else:
             g3 = g.reshape(p, st.m, st.post)
             if need_mats[i]:

@@ -8,10 +8,13 @@ Each candidate plan is priced as a sum of GEMMs and memory passes::
 with four machine constants per device type: ``peak_flops`` (a large GEMM's rate),
 ``d_half`` (the dimension at which a GEMM runs at half that rate), ``bandwidth`` (bytes
 per second of a large copy) and ``launch_s`` (fixed cost of one operator, autograd node
-and Python included). Defaults are rough values for a 2-core x86 CPU and a data-centre
-GPU; ``torchkron bench --calibrate`` measures them on this machine and writes them to
-:func:`calibration_path`, where :func:`calibration` finds them. Every plan the model can
-pick computes the same function, so a wrong calibration costs time, never correctness.
+and Python included), plus ``onednn_speedup`` (how much faster oneDNN ran thin GEMMs
+than the default BLAS; it decides where the chain's plain GEMMs run, see
+:mod:`torchkron._gemm`, and does not enter the prices). Defaults are rough values for
+a 2-core x86 CPU and a data-centre GPU; ``torchkron bench --calibrate`` measures them on
+this machine and writes them to :func:`calibration_path`, where :func:`calibration`
+finds them. Every plan the model can pick computes the same function, so a wrong
+calibration costs time, never correctness.
 """
 
 from __future__ import annotations
@@ -37,14 +40,28 @@ __all__ = [
 ]
 
 CALIBRATION_ENV = "TORCHKRON_CALIBRATION"
-KEYS = ("peak_flops", "d_half", "bandwidth", "launch_s")
+KEYS = ("peak_flops", "d_half", "bandwidth", "launch_s", "onednn_speedup")
 
 DEFAULTS: dict[str, dict[str, float]] = {
     # 2 threads of a Zen 4 EPYC (benchmarks/NOTES.md): ~150 GFLOP/s for a large float32
     # GEMM, half of it at a dimension of ~32, ~10 GB/s for a large copy, ~10 us per op.
-    "cpu": {"peak_flops": 1.5e11, "d_half": 32.0, "bandwidth": 1.0e10, "launch_s": 1.0e-5},
+    # onednn_speedup: the default BLAS's time over oneDNN's on thin GEMMs (1.0: unmeasured,
+    # so PyTorch's own BLAS; see torchkron._gemm).
+    "cpu": {
+        "peak_flops": 1.5e11,
+        "d_half": 32.0,
+        "bandwidth": 1.0e10,
+        "launch_s": 1.0e-5,
+        "onednn_speedup": 1.0,
+    },
     # A data-centre GPU: tensor cores want large dimensions; launches dominate small work.
-    "cuda": {"peak_flops": 4.0e14, "d_half": 256.0, "bandwidth": 3.0e12, "launch_s": 8.0e-6},
+    "cuda": {
+        "peak_flops": 4.0e14,
+        "d_half": 256.0,
+        "bandwidth": 3.0e12,
+        "launch_s": 8.0e-6,
+        "onednn_speedup": 1.0,
+    },
 }
 
 _override: dict[str, dict[str, float]] | None = None

@@ -31,7 +31,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from torchkron._autograd import GemmStep, _tracing, chain
+from torchkron._autograd import GemmStep, chain
+from torchkron._gemm import _tracing
 
 __all__ = [
     "IMPLS",
