@@ -83,7 +83,7 @@ CASES = [
 
 
 @needs_onednn
-@pytest.mark.parametrize("impl", ["bmm", "fused"])
+@pytest.mark.parametrize("impl", ["bmm", "fused", "materialize"])
 @pytest.mark.parametrize(("shapes", "rank"), CASES)
 def test_chain_on_onednn_matches_the_float64_reference(onednn_on, impl, shapes, rank):
     f64 = random_factors(shapes, rank, seed=1)
@@ -107,7 +107,7 @@ def test_chain_on_onednn_matches_the_float64_reference(onednn_on, impl, shapes, 
 
 
 @needs_onednn
-@pytest.mark.parametrize("impl", ["bmm", "fused"])
+@pytest.mark.parametrize("impl", ["bmm", "fused", "materialize"])
 def test_double_backward_on_onednn_matches_the_default_gemm(onednn_on, impl):
     # create_graph=True must see every dependency: the oneDNN forward's backward falls
     # back to plain, differentiable operators.

@@ -27,7 +27,7 @@ from torch import Tensor
 from torchkron import _gemm
 from torchkron._gemm import _tracing
 
-__all__ = ["GemmStep", "chain"]
+__all__ = ["GemmStep", "chain", "linear"]
 
 
 class GemmStep(NamedTuple):
@@ -43,14 +43,7 @@ def _step(s: Tensor, w: Tensor, step: GemmStep, batch: int, bias: Tensor | None 
     """One contraction; ``bias`` (only with ``step.pre == 1``) is added by the GEMM itself."""
     p = batch * step.pre
     if step.post == 1:
-        s2 = s.reshape(p, step.k)
-        recorded = torch.is_grad_enabled() and (
-            s2.requires_grad or w.requires_grad or (bias is not None and bias.requires_grad)
-        )
-        if recorded and _gemm.uses_onednn(s2, w):
-            out2: Tensor = _PlainStepFn.apply(s2, w, bias)  # type: ignore[no-untyped-call]
-            return out2
-        return _gemm.linear(s2, w, bias)
+        return linear(s.reshape(p, step.k), w, bias)
     # expand() is a stride-0 view: the batched GEMM reads the same w for every entry,
     # where torch.matmul(w, s) would first copy s into a transposed layout.
     s3 = s.reshape(p, step.k, step.post)
@@ -86,7 +79,19 @@ def _one_gemm(p: int, m: int, k: int, q: int) -> bool:
 _ONE_GEMM_RATIO = 0.85
 
 
-class _PlainStepFn(torch.autograd.Function):
+def linear(s: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``s @ w.T + bias`` (2-d), on oneDNN where :mod:`torchkron._gemm` says so, with a
+    gradient either way."""
+    recorded = torch.is_grad_enabled() and (
+        s.requires_grad or w.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    if recorded and _gemm.uses_onednn(s, w):
+        out: Tensor = _LinearFn.apply(s, w, bias)  # type: ignore[no-untyped-call]
+        return out
+    return _gemm.linear(s, w, bias)
+
+
+class _LinearFn(torch.autograd.Function):
     """``s @ w.T + bias`` on oneDNN (see :mod:`torchkron._gemm`), which autograd cannot
     differentiate; its backward falls back to plain operators under ``create_graph``."""
 

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from torchkron._autograd import GemmStep, chain
+from torchkron._autograd import linear as _dense_linear
 from torchkron._gemm import _tracing
 
 __all__ = [
@@ -699,7 +700,7 @@ def _cached_weight(factors: Sequence[Tensor]) -> Tensor:
 
 def _impl_materialize(x: Tensor, factors: Sequence[Tensor], bias: Tensor | None) -> Tensor:
     w = _cached_weight(factors) if _cacheable(factors) else _materialize(factors)
-    return torch.nn.functional.linear(x, w, bias)
+    return _dense_linear(x, w, bias)
 
 
 def choose_impl(x: Tensor, factors: Sequence[Tensor]) -> str:
