@@ -262,3 +262,13 @@ def test_auto_goal_judges_the_choice_apart_from_the_layers_timing(
     assert layer["met"] is met_layer
     assert choice["met"] is met_pick
     assert choice["value"] == pytest.approx(1.0 if pick == "bmm" else 0.5)
+
+
+@pytest.mark.parametrize("name", ["dense", "dense:onednn", "materialize", "torchkron:materialize"])
+def test_contenders_holding_w_are_skipped_where_w_would_not_fit(name):
+    # 65536 -> 65536: W alone would take 16 GiB (a run once died of it, out of memory).
+    shape = next(s for s in bench.ALL_SHAPES if not s.dense)
+    factors = [torch.randn(shape.rank, o, n) for o, n in shape.factors]
+    bias = torch.zeros(shape.out_features)
+    with pytest.raises(bench.Skip, match="the dense W alone would take 16.0 GiB"):
+        bench._build_contender(name, shape, factors, bias, torch.float32, torch.device("cpu"))

@@ -212,7 +212,7 @@ def _build_contender(
     b = shape.batch
     kron = b * kron_flops(outs, ins, shape.rank)
     dense = b * dense_flops(shape.in_features, shape.out_features)
-    if name in ("dense", "materialize", "torchkron:materialize") and not shape.dense:
+    if name in _NEEDS_W and not shape.dense:
         size = shape.in_features * shape.out_features * torch.finfo(dtype).bits // 8
         raise Skip(f"not run: the dense W alone would take {_fmt_bytes(size)}")
     if name == "dense":
@@ -394,6 +394,10 @@ def _tltorch_contender(
                 core.copy_(f[0][None, :, :, None])
         layer.bias.copy_(bias)
     return Contender("tltorch", layer, list(layer.parameters()), flops, "blocktt einsum")
+
+
+# Contenders that hold the dense W: not run where W alone would not fit.
+_NEEDS_W = ("dense", "dense:onednn", "materialize", "torchkron:materialize")
 
 
 def contender_names() -> list[str]:
