@@ -270,5 +270,5 @@ def test_contenders_holding_w_are_skipped_where_w_would_not_fit(name):
     shape = next(s for s in bench.ALL_SHAPES if not s.dense)
     factors = [torch.randn(shape.rank, o, n) for o, n in shape.factors]
     bias = torch.zeros(shape.out_features)
-    with pytest.raises(bench.Skip, match="the dense W alone would take 16.0 GiB"):
+    with pytest.raises(bench.Skip, match=r"the dense W alone would take 16\.0 GiB"):
         bench._build_contender(name, shape, factors, bias, torch.float32, torch.device("cpu"))
