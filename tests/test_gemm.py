@@ -129,3 +129,13 @@ def test_double_backward_on_onednn_matches_the_default_gemm(onednn_on, impl):
     without = second_derivatives()
     for a, w in zip(with_onednn, without, strict=True):
         torch.testing.assert_close(a, w, rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+def test_cpu_autocast_keeps_pytorchs_gemm(onednn_on):
+    x = torch.randn(64, 12)
+    fs = [torch.randn(1, 4, 3), torch.randn(1, 3, 4)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = kron_linear(x, fs, impl="bmm")
+    assert y.dtype == torch.bfloat16  # as nn.Linear under autocast
+    assert not onednn_on

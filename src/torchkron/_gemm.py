@@ -63,6 +63,9 @@ def uses_onednn(a: Tensor, w: Tensor) -> bool:
         and w.dim() == 2
         and 2 * a.shape[0] * a.shape[1] * w.shape[0] >= MIN_FLOPS
         and not _tracing()
+        # Under CPU autocast PyTorch's GEMM runs in the autocast dtype; oneDNN's operator
+        # has no autocast rule and would compute (and return) float32 instead.
+        and not torch.is_autocast_enabled("cpu")
         and enabled()
     )
 
