@@ -272,3 +272,45 @@ def test_contenders_holding_w_are_skipped_where_w_would_not_fit(name):
     bias = torch.zeros(shape.out_features)
     with pytest.raises(bench.Skip, match=r"the dense W alone would take 16\.0 GiB"):
         bench._build_contender(name, shape, factors, bias, torch.float32, torch.device("cpu"))
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    shapes = [s.name for s in bench.QUICK_SHAPES]
+    assert len(shapes) >= 2
+    args = [*("--contenders", "dense,KronLinear", "--shapes", ",".join(shapes), "--no-memory")]
+    real = bench._bench_shape
+    ran: list[str] = []
+    killed: list[bool] = []
+
+    def interrupted(shape, dtype, cfg, log):
+        if shape.name == shapes[1] and not killed:
+            killed.append(True)
+            raise RuntimeError("killed")  # as a run cut short (timeout, out of memory)
+        ran.append(shape.name)
+        return real(shape, dtype, cfg, log)
+
+    monkeypatch.setattr(bench, "_bench_shape", interrupted)
+    with pytest.raises(RuntimeError, match="killed"):
+        bench.main(_args(tmp_path, *args))
+    checkpoint = tmp_path / ".bench-cpu-quick.partial.json"
+    assert json.loads(checkpoint.read_text())["done"] == [["float32", shapes[0]]]
+    assert not (tmp_path / "bench-cpu-quick.json").exists()
+
+    ran.clear()
+    assert bench.main(_args(tmp_path, *args, "--resume")) == 0
+    assert ran == shapes[1:]  # the first shape is not timed again
+    doc = json.loads((tmp_path / "bench-cpu-quick.json").read_text())
+    in_order = list(dict.fromkeys(r["shape"] for r in doc["results"]))
+    assert in_order == shapes
+    assert not checkpoint.exists()  # removed once the full results are written
+
+
+def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path, capsys):
+    checkpoint = tmp_path / ".bench-cpu-quick.partial.json"
+    checkpoint.write_text(json.dumps({"key": {"config": "other"}, "done": [], "results": []}))
+    shape = bench.QUICK_SHAPES[0].name
+    args = ["--contenders", "dense", "--shapes", shape, "--no-memory", "--resume"]
+    assert bench.main(_args(tmp_path, *args)) == 0
+    assert "from another configuration or commit; starting over" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "bench-cpu-quick.json").read_text())
+    assert {r["shape"] for r in doc["results"]} == {shape}

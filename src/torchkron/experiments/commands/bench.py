@@ -687,11 +687,76 @@ def _bench_shape(
     return rows
 
 
-def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Time every contender at every shape, dtype and mode; return the JSON document."""
-    results: list[dict[str, Any]] = []
+def _suite_config(cfg: SuiteConfig) -> dict[str, Any]:
+    return {
+        "device": str(cfg.device),
+        "dtypes": [str(d).removeprefix("torch.") for d in cfg.dtypes],
+        "threads": cfg.threads,
+        "min_run_time_s": cfg.min_run_time,
+        "rounds": cfg.rounds,
+        "warmup_s": cfg.warmup,
+        "contenders": cfg.contenders,
+        "tag": cfg.tag,
+        "train_flops": "3 x forward FLOPs (input and weight gradients)",
+    }
+
+
+def _resume_key(cfg: SuiteConfig) -> dict[str, Any]:
+    """What a checkpoint must match to be continued: the same run on the same code."""
+    return {
+        "config": _suite_config(cfg),
+        "memory": cfg.memory,
+        "shapes": [s.name for s in cfg.shapes],
+        "environment": environment(cfg.device, cfg.threads),
+        "calibration": _calibration_used(cfg.device),
+    }
+
+
+def _load_checkpoint(
+    path: Path, key: dict[str, Any], log: Callable[[str], None]
+) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log(f"ignoring the unreadable checkpoint {path} ({exc}); starting over")
+        return None
+    if not isinstance(doc, dict) or doc.get("key") != key:
+        log(f"the checkpoint {path} is from another configuration or commit; starting over")
+        return None
+    return doc
+
+
+def _write_checkpoint(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc) + "\n")
+    os.replace(tmp, path)
+
+
+def run_suite(
+    cfg: SuiteConfig,
+    log: Callable[[str], None] = print,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Time every contender at every shape, dtype and mode; return the JSON document.
+
+    With ``checkpoint``, the results so far are written there (atomically) after every
+    shape; with ``resume`` too, the shapes a matching checkpoint holds are not run again
+    (a checkpoint of another configuration, environment or commit is ignored).
+    """
+    key = _resume_key(cfg) if checkpoint is not None else {}
+    state: dict[str, Any] = {"key": key, "started_at": now_iso(), "done": [], "results": []}
+    if checkpoint is not None and resume:
+        loaded = _load_checkpoint(checkpoint, key, log)
+        if loaded is not None:
+            state = loaded
+            log(f"resuming from {checkpoint}: {len(state['done'])} (dtype, shape) pairs done")
+    results: list[dict[str, Any]] = state["results"]
+    done = {tuple(d) for d in state["done"]}
     skipped_dtypes: dict[str, str] = {}
-    started = now_iso()
     for dtype in cfg.dtypes:
         reason = _dtype_unsupported(dtype, cfg.device)
         if reason is not None:
@@ -699,26 +764,31 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
             log(f"skipping {dtype}: {reason}")
             continue
         for shape in cfg.shapes:
+            pair = (str(dtype).removeprefix("torch."), shape.name)
+            if pair in done:
+                log(f"{shape.describe()} ({dtype}): done in the checkpoint")
+                continue
             log(f"{shape.describe()} ({dtype})")
             results.extend(_bench_shape(shape, dtype, cfg, log))
+            state["done"].append(list(pair))
+            if checkpoint is not None:
+                _write_checkpoint(checkpoint, state)
+    # Checkpointed results come first in their (dtype, shape) order, as in one run.
+    order = {
+        (d, s.name): i
+        for i, (d, s) in enumerate(
+            (str(dt).removeprefix("torch."), sh) for dt in cfg.dtypes for sh in cfg.shapes
+        )
+    }
+    results.sort(key=lambda r: order.get((r["dtype"], r["shape"]), len(order)))
     return {
         "schema": SCHEMA,
         "kind": "torchkron-bench",
-        "started_at": started,
+        "started_at": state["started_at"],
         "finished_at": now_iso(),
         "environment": environment(cfg.device, cfg.threads),
         "calibration": _calibration_used(cfg.device),
-        "config": {
-            "device": str(cfg.device),
-            "dtypes": [str(d).removeprefix("torch.") for d in cfg.dtypes],
-            "threads": cfg.threads,
-            "min_run_time_s": cfg.min_run_time,
-            "rounds": cfg.rounds,
-            "warmup_s": cfg.warmup,
-            "contenders": cfg.contenders,
-            "tag": cfg.tag,
-            "train_flops": "3 x forward FLOPs (input and weight gradients)",
-        },
+        "config": _suite_config(cfg),
         "shapes": [
             {
                 **dataclasses.asdict(s),
@@ -1033,6 +1103,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``torchkron bench``."""
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run: skip the shapes its checkpoint "
+        "(OUT/.<name>.partial.json, written after every shape) already holds, if it is the "
+        "same configuration on the same commit",
+    )
+    parser.add_argument(
         "--dtype",
         default="float32",
         help="comma-separated dtypes among float32, bfloat16, float64 (default float32)",
@@ -1187,10 +1264,14 @@ def main(args: argparse.Namespace) -> int:
         doc = write_calibration(path, cfg.device, cfg.dtypes[0], cfg.threads)
         print(f"wrote {path}: {json.dumps(doc['devices'][cfg.device.type])}")
         return 0
-    doc = run_suite(cfg, log=lambda line: print(line, flush=True))
     stem = result_stem(cfg.device, args.quick, args.tag)
     out = args.out if args.out is not None else default_out()
+    checkpoint = out / f".{stem}.partial.json"
+    doc = run_suite(
+        cfg, log=lambda line: print(line, flush=True), checkpoint=checkpoint, resume=args.resume
+    )
     json_path, md_path = write_results(doc, out, stem)
+    checkpoint.unlink(missing_ok=True)
     print(f"wrote {json_path} and {md_path}")
     return 0
 
