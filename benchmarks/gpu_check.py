@@ -124,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     from torchkron import _triton
 
     triton_ok = _triton.is_available() and (device.type == "cuda" or _triton._interpreting())
-    # "triton" joins IMPLS once kron_linear dispatches to the kernels; checked when usable.
-    impls = [i for i in IMPLS if i != "fastkron" and (i != "triton" or triton_ok)]
+    # kron_linear(impl="triton") takes CUDA tensors only; on the CPU (a dry run in
+    # Triton's interpreter) the kernels are checked directly ("triton-direct").
+    dispatch_ok = triton_ok and device.type == "cuda"
+    impls = [i for i in IMPLS if i != "fastkron" and (i != "triton" or dispatch_ok)]
     try:
         import pyfastkron  # noqa: F401
 

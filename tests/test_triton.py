@@ -313,3 +313,15 @@ def test_gpu_bench_dry_run_writes_json_and_markdown(tmp_path):
     assert status[("torchkron:nope", "forward")] == "skipped"
     md = (tmp_path / "gpu-bench-cpu-quick.md").read_text()
     assert "| quick-2f |" in md
+
+
+def test_gpu_check_dry_run_passes_on_the_cpu(tmp_path, capsys):
+    # The correctness part of benchmarks/gpu.sh in its CPU mode: every implementation it
+    # checks on the CPU must pass (kron_linear(impl="triton") takes CUDA tensors only and
+    # is left to the GPU run; the kernels themselves run in the interpreter).
+    from benchmarks import gpu_check
+
+    assert gpu_check.main(["--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "BAD" not in out
+    assert " 0 failed" in out
