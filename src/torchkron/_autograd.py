@@ -82,29 +82,29 @@ _ONE_GEMM_RATIO = 0.85
 def linear(s: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
     """``s @ w.T + bias`` (2-d), on oneDNN where :mod:`torchkron._gemm` says so, with a
     gradient either way."""
-    recorded = torch.is_grad_enabled() and (
-        s.requires_grad or w.requires_grad or (bias is not None and bias.requires_grad)
-    )
-    if recorded and _gemm.uses_onednn(s, w):
+    if _gemm.records(s, w, bias) and _gemm.uses_onednn(s, w):
         out: Tensor = _LinearFn.apply(s, w, bias)  # type: ignore[no-untyped-call]
         return out
     return _gemm.linear(s, w, bias)
 
 
 class _LinearFn(torch.autograd.Function):
-    """``s @ w.T + bias`` on oneDNN (see :mod:`torchkron._gemm`), which autograd cannot
-    differentiate; its backward falls back to plain operators under ``create_graph``."""
+    """``s @ w.T + bias`` with the forward and the input gradient on oneDNN (the caller
+    decides when; see :mod:`torchkron._gemm`). Autograd cannot differentiate oneDNN's
+    operator, so under ``create_graph`` the backward uses plain operators."""
 
     @staticmethod
     def forward(ctx: Any, s: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(s, w)
-        return _gemm.linear(s, w, bias)
+        return _gemm.onednn_linear(s, w, bias)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         s, w = ctx.saved_tensors
         grad = grad.contiguous()
-        ds = _gemm.linear(grad, w.t()) if ctx.needs_input_grad[0] else None  # (P, k)
+        ds = None
+        if ctx.needs_input_grad[0]:  # (P, k)
+            ds = grad @ w if torch.is_grad_enabled() else _gemm.onednn_linear(grad, w.t())
         dw = grad.t() @ s if ctx.needs_input_grad[1] else None  # (m, k)
         dbias = grad.sum(0) if ctx.needs_input_grad[2] else None
         return ds, dw, dbias
@@ -180,7 +180,7 @@ def _add_bias(y: Tensor, bias: Tensor, batch: int) -> Tensor:
     than the add itself (new pages to fault in)."""
     if _tracing():
         return (y.reshape(batch, bias.shape[0]) + bias).reshape(y.shape)
-    if torch.is_grad_enabled() and (y.requires_grad or bias.requires_grad):
+    if _gemm.records(y, bias):
         out: Tensor = _AddBiasFn.apply(y, bias, batch)  # type: ignore[no-untyped-call]
         return out
     return y.view(batch, bias.shape[0]).add_(bias).view(y.shape)

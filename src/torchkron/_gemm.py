@@ -19,7 +19,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-__all__ = ["available", "enabled", "linear", "uses_onednn"]
+__all__ = ["available", "enabled", "linear", "onednn_linear", "records", "uses_onednn"]
 
 #: Below this many FLOPs (2 M K N) a GEMM gains little, and the one-off kernel build for
 #: a new shape would cost more than the GEMM itself.
@@ -53,6 +53,11 @@ def _tracing() -> bool:
     return bool(torch._C._get_tracing_state()) or torch.compiler.is_compiling()
 
 
+def records(*tensors: Tensor | None) -> bool:
+    """Whether autograd records an operation on these tensors."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def uses_onednn(a: Tensor, w: Tensor) -> bool:
     """Whether ``linear(a, w)`` (``a @ w.T``) runs on oneDNN, autograd aside."""
     return (
@@ -76,14 +81,16 @@ def linear(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
     oneDNN when :func:`uses_onednn` holds and autograd need not record the product;
     PyTorch's own GEMM otherwise (the same numbers up to float32 rounding).
     """
-    graph = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a, w, bias))
-    if not graph and uses_onednn(a, w):
-        return _onednn_linear(a.contiguous(), w.contiguous(), bias)
+    if not records(a, w, bias) and uses_onednn(a, w):
+        return onednn_linear(a, w, bias)
     if bias is not None:
         return torch.addmm(bias, a, w.t())
     return a @ w.t()
 
 
-def _onednn_linear(a: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
-    out: Tensor = torch.ops.mkldnn._linear_pointwise(a, w, bias, "none", [], "")
+def onednn_linear(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``a @ w.T + bias`` on oneDNN, unconditionally and without a gradient."""
+    out: Tensor = torch.ops.mkldnn._linear_pointwise(
+        a.contiguous(), w.contiguous(), bias, "none", [], ""
+    )
     return out
