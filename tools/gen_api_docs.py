@@ -226,7 +226,7 @@ def render() -> str:
     functional = importlib.import_module("torchkron.functional")
     sources = [
         importlib.import_module(f"torchkron.{m}")
-        for m in ("linear", "surgery", "factorization", "functional")
+        for m in ("layers.kron", "surgery.converters", "factorization", "functional")
     ]
     lines = ["## `torchkron`", ""]
     for name in _ordered([n for n in torchkron.__all__ if n not in SKIP]):

@@ -15,11 +15,11 @@ from torchkron.factorization import factor_shapes as factor_shapes
 from torchkron.factorization import layer_factorizations as layer_factorizations
 from torchkron.factorization import max_kronecker_rank as max_kronecker_rank
 from torchkron.factorization import nearest_kronecker as nearest_kronecker
-from torchkron.linear import KronLinear as KronLinear
+from torchkron.layers import KronLinear as KronLinear
+from torchkron.layers import LowRankLinear as LowRankLinear
+from torchkron.layers import MonarchLinear as MonarchLinear
 from torchkron.serialization import load as load
 from torchkron.serialization import save as save
-from torchkron.structured import LowRankLinear as LowRankLinear
-from torchkron.structured import MonarchLinear as MonarchLinear
 from torchkron.surgery import KRONIFY_MAPPING as KRONIFY_MAPPING
 from torchkron.surgery import DenseView as DenseView
 from torchkron.surgery import KronifyReport as KronifyReport

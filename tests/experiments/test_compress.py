@@ -16,7 +16,7 @@ from torchkron.experiments.commands.compress import convert, load_source
 from torchkron.experiments.errors import UserError
 from torchkron.experiments.models.variants import build_mlp, dense_baseline, get_variant
 from torchkron.experiments.reporting.compress_report import _vs_scratch
-from torchkron.linear import KronLinear
+from torchkron.layers import KronLinear
 
 FAST = ["--batch-size", "32", "--test-batch-size", "50", "--quiet", "--jobs", "1"]
 

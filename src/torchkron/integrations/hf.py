@@ -8,10 +8,15 @@ model class whose ``__init__`` re-applies the plan, so transformers' own loader 
 files, ``torch_dtype``, tied weights) fills in the factors.
 
 Examples:
-    >>> from transformers import GPT2Config, GPT2LMHeadModel  # doctest: +SKIP
-    >>> model, report = torchkron.kronify(GPT2LMHeadModel(GPT2Config(n_layer=2)))
-    >>> model.save_pretrained("gpt2-kron")
-    >>> again = from_pretrained("gpt2-kron")  # a GPT2LMHeadModel with the KronLinear layers
+    >>> import tempfile, torchkron
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> config = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128)
+    >>> model, report = torchkron.kronify(GPT2LMHeadModel(config))
+    >>> path = tempfile.mkdtemp()
+    >>> model.save_pretrained(path)
+    >>> again = from_pretrained(path)  # a GPT2LMHeadModel with the KronLinear layers
+    >>> type(again.transformer.h[0].mlp.c_fc).__name__
+    'KronLinear'
 """
 
 from __future__ import annotations
@@ -23,12 +28,9 @@ from typing import Any
 import transformers
 from torch import nn
 
-from torchkron.surgery import _sync_config, apply_plan
+from torchkron.surgery import PLAN_ATTRIBUTE, apply_plan, sync_config
 
 __all__ = ["PLAN_ATTRIBUTE", "from_pretrained", "kron_model_class", "save_pretrained"]
-
-PLAN_ATTRIBUTE = "torchkron_plan"
-"""The config attribute (and config.json key) holding the kronify plan."""
 
 
 @functools.cache
@@ -106,5 +108,5 @@ def from_pretrained(
 def save_pretrained(model: Any, path: str | os.PathLike[str], **kwargs: Any) -> None:
     """``model.save_pretrained(path)`` with ``config.torchkron_plan`` refreshed first
     (needed only if ``KronLinear`` layers were added or removed by hand after kronify)."""
-    _sync_config(model)
+    sync_config(model)
     model.save_pretrained(path, **kwargs)

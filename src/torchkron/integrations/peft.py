@@ -11,9 +11,14 @@ no exact Kronecker form, so ``merge_and_unload`` on a ``KronLinear`` base raises
 :func:`torchkron.merge` first (``KronLinear`` -> dense) and then merge the adapter.
 
 Examples:
-    >>> from peft import LoraConfig  # doctest: +SKIP
+    >>> import torchkron
+    >>> from peft import LoraConfig
+    >>> model = nn.Sequential()
+    >>> model.mlp = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 16))
     >>> model, _ = torchkron.kronify(model, target=r".*mlp\\..*")
     >>> model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear"))
+    >>> type(model.base_model.model.mlp[0]).__name__
+    'KronLoraLinear'
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import peft
 from peft.tuners.lora.layer import Linear as _LoraLinear
 from torch import nn
 
-from torchkron.linear import KronLinear
+from torchkron.layers import KronLinear
 
 __all__ = ["KronLoraLinear", "get_peft_model", "register", "target_modules"]
 

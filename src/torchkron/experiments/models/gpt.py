@@ -28,8 +28,7 @@ from torch import Tensor, nn
 from torchkron.experiments.errors import UserError
 from torchkron.factorization import factor_shapes
 from torchkron.functional import dense_flops, executed_flops
-from torchkron.linear import KronLinear
-from torchkron.structured import LowRankLinear, MonarchLinear
+from torchkron.layers import KronLinear, LowRankLinear, MonarchLinear
 
 __all__ = [
     "GPT",

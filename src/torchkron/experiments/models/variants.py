@@ -17,8 +17,7 @@ from torch import Tensor, nn
 
 from torchkron.experiments.errors import UserError
 from torchkron.functional import dense_flops, executed_flops
-from torchkron.linear import KronLinear
-from torchkron.structured import LowRankLinear
+from torchkron.layers import KronLinear, LowRankLinear
 
 __all__ = [
     "INPUT_FEATURES",

@@ -14,15 +14,16 @@ from torch import Tensor, nn
 
 from torchkron.factorization import (
     SvdMethod,
-    _nearest_kronecker,
     check_positive_int,
     check_rank,
     check_shapes,
     clip_rank,
     factor_shapes,
+    kronecker_approximation,
     max_kronecker_rank,
 )
 from torchkron.functional import kron_linear, kron_weight
+from torchkron.layers._common import add_bias, check_input, init_bias
 
 # Set by KronLinear.convert_dense_checkpoints(): load_state_dict converts dense weights.
 _CONVERT_DENSE: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -59,20 +60,6 @@ def _check_linear(linear: object, caller: str) -> nn.Linear:
             f"forward pass so it knows in_features, then convert it."
         )
     return linear
-
-
-def _add_bias(module: nn.Module, bias: bool, out_features: int, kw: dict[str, Any]) -> None:
-    """Give ``module`` an uninitialised ``(out_features,)`` bias, or register ``None``."""
-    module.register_parameter(
-        "bias", nn.Parameter(torch.empty(out_features, **kw)) if bias else None
-    )
-
-
-def _init_bias(bias: nn.Parameter | None, in_features: int) -> None:
-    """Draw ``bias`` (if any) as ``nn.Linear`` does: ``U(-1/sqrt(in), 1/sqrt(in))``."""
-    if bias is not None:
-        b = 1.0 / math.sqrt(in_features)
-        bias.uniform_(-b, b)
 
 
 class KronLinear(nn.Module):
@@ -189,7 +176,7 @@ class KronLinear(nn.Module):
             for i, (o, n) in enumerate(resolved):
                 self.register_parameter(f"factor_{i}", nn.Parameter(torch.empty(rank, o, n, **kw)))
         self.bias: nn.Parameter | None
-        _add_bias(self, bias, out_features, kw)
+        add_bias(self, bias, out_features, kw)
         self.reset_parameters()
 
     @property
@@ -264,15 +251,10 @@ class KronLinear(nn.Module):
         with torch.no_grad():
             for p in dict.fromkeys(self.factors):  # a tied factor once
                 p.uniform_(-bound, bound)
-            _init_bias(self.bias, self.in_features)
+            init_bias(self.bias, self.in_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 0 or x.shape[-1] != self.in_features:
-            got = tuple(x.shape)
-            raise ValueError(
-                f"KronLinear: expected input of shape (*, {self.in_features}), got {got}; "
-                f"the last dimension must be in_features={self.in_features}."
-            )
+        check_input("KronLinear", x, self.in_features)
         return kron_linear(x, self.factors, self.bias)
 
     def extra_repr(self) -> str:
@@ -373,7 +355,7 @@ class KronLinear(nn.Module):
             else check_shapes(shapes, linear.in_features, linear.out_features, caller)
         )
         # Validate the weight before clipping, so a bad weight never warns first.
-        factors, error = _nearest_kronecker(
+        factors, error = kronecker_approximation(
             w, resolved, min(requested, max_kronecker_rank(resolved)), svd, caller
         )
         rank = clip_rank(requested, resolved, caller)
@@ -432,7 +414,7 @@ class KronLinear(nn.Module):
             )
         if bias is not None and self.bias is None:
             raise ValueError(f"{caller}: the layer has no bias (bias=False) but got one.")
-        factors, error = _nearest_kronecker(
+        factors, error = kronecker_approximation(
             weight, self.shapes, min(self.rank, max_kronecker_rank(self.shapes)), svd, caller
         )
         with torch.no_grad():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from torchkron.factorization import _rearrange
+from torchkron.factorization._nearest import _rearrange
 
 __all__ = ["LayerBudget", "allocate_ranks", "kron_spectrum", "rank_errors", "ranks_for_error"]
 

@@ -1,0 +1,58 @@
+"""What every layer type shares: bias creation and init, argument and input checks, repr."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["add_bias", "check_args", "check_input", "extra_repr", "init_bias"]
+
+
+def add_bias(module: nn.Module, bias: bool, out_features: int, kw: dict[str, Any]) -> None:
+    """Give ``module`` an uninitialised ``(out_features,)`` bias, or register ``None``."""
+    module.register_parameter(
+        "bias", nn.Parameter(torch.empty(out_features, **kw)) if bias else None
+    )
+
+
+def init_bias(bias: nn.Parameter | None, in_features: int) -> None:
+    """Draw ``bias`` (if any) as ``nn.Linear`` does: ``U(-1/sqrt(in), 1/sqrt(in))``."""
+    if bias is not None:
+        b = 1.0 / math.sqrt(in_features)
+        bias.uniform_(-b, b)
+
+
+def check_args(cls: str, in_features: int, out_features: int, name: str, value: int) -> None:
+    """Refuse non-positive feature counts and a structure size ``name`` (rank, nblocks) < 1."""
+    for feature, size in (("in_features", in_features), ("out_features", out_features)):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{cls}: {feature} must be a positive int, got {size!r}.")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{cls}: {name} must be an int >= 1, got {value!r}.")
+
+
+def check_input(cls: str, x: Tensor, in_features: int) -> None:
+    if x.dim() == 0 or x.shape[-1] != in_features:
+        raise ValueError(
+            f"{cls}: expected input of shape (*, {in_features}), got {tuple(x.shape)}; "
+            f"the last dimension must be in_features={in_features}."
+        )
+
+
+class _SizedLayer(Protocol):
+    """A layer with ``nn.Linear``'s sizes and bias attributes."""
+
+    in_features: int
+    out_features: int
+    bias: nn.Parameter | None
+
+
+def extra_repr(layer: _SizedLayer, name: str, value: int) -> str:
+    """``nn.Linear``'s repr fields with the structure size ``name=value`` before ``bias``."""
+    return (
+        f"in_features={layer.in_features}, out_features={layer.out_features}, "
+        f"{name}={value}, bias={layer.bias is not None}"
+    )
