@@ -180,7 +180,7 @@ def test_half_conversion_failure_leaves_the_model_unchanged(kind, monkeypatch):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     types = {n: type(m) for n, m in model.named_modules()}
     calls = []
-    real = torchkron.surgery.nearest_kronecker
+    real = torchkron.surgery.build.nearest_kronecker
 
     def fail_third(*args, **kwargs):
         calls.append(1)
@@ -188,7 +188,7 @@ def test_half_conversion_failure_leaves_the_model_unchanged(kind, monkeypatch):
             raise RuntimeError("conversion failed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(torchkron.surgery, "nearest_kronecker", fail_third)
+    monkeypatch.setattr(torchkron.surgery.build, "nearest_kronecker", fail_third)
     with pytest.raises(RuntimeError, match="conversion failed"):
         kronify(model)
     assert {n: type(m) for n, m in model.named_modules()} == types

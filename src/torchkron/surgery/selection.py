@@ -278,5 +278,6 @@ def select_layers(
 
 
 def check_shared(shared: object) -> None:
+    """Refuse a ``shared=`` other than ``"skip"`` or ``"reuse"``."""
     if shared not in ("skip", "reuse"):
         raise ValueError(f"kronify: shared must be 'skip' or 'reuse', got {shared!r}.")

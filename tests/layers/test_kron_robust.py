@@ -14,10 +14,10 @@ from torch import nn
 from torchkron import KronLinear, nearest_kronecker
 from torchkron.factorization import (
     RankClippedWarning,
-    _rearrange,
     max_kronecker_rank,
     relative_error,
 )
+from torchkron.factorization._nearest import _rearrange
 
 
 def _exact(msg: str) -> str:

@@ -78,7 +78,7 @@ def test_transformer_save_load_round_trip(tmp_path):
 def test_transformer_half_conversion_failure_leaves_it_unchanged(monkeypatch):
     model = transformer()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    real = torchkron.surgery.nearest_kronecker
+    real = torchkron.surgery.build.nearest_kronecker
     calls: list[int] = []
 
     def fail_later(*args, **kwargs):
@@ -87,7 +87,7 @@ def test_transformer_half_conversion_failure_leaves_it_unchanged(monkeypatch):
             raise RuntimeError("out of memory")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(torchkron.surgery, "nearest_kronecker", fail_later)
+    monkeypatch.setattr(torchkron.surgery.build, "nearest_kronecker", fail_later)
     with pytest.raises(RuntimeError, match="out of memory"):
         kronify(model)
     assert not kron_names(model)

@@ -20,7 +20,7 @@ from torchkron import (
     merge,
     register_converter,
 )
-from torchkron.budget import kron_spectrum, rank_errors
+from torchkron.factorization.budget import kron_spectrum, rank_errors
 
 
 def n_params(model: nn.Module) -> int:
@@ -328,7 +328,7 @@ def test_transactional_on_build_error():
     state = {k: v.clone() for k, v in model.state_dict().items()}
 
     calls = []
-    real = torchkron.surgery.nearest_kronecker
+    real = torchkron.surgery.build.nearest_kronecker
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -336,12 +336,12 @@ def test_transactional_on_build_error():
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    torchkron.surgery.nearest_kronecker = flaky  # type: ignore[assignment]
+    torchkron.surgery.build.nearest_kronecker = flaky  # type: ignore[assignment]
     try:
         with pytest.raises(RuntimeError, match="boom"):
             kronify(model)
     finally:
-        torchkron.surgery.nearest_kronecker = real
+        torchkron.surgery.build.nearest_kronecker = real
     assert len(calls) == 2
     assert all(type(m) is nn.Linear for m in (model.fc1, model.block[0], model.head))
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())

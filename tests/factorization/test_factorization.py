@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from tests.reference import random_factors, reference_weight
 
 from torchkron.factorization import (
-    _rearrange,
     factor_shapes,
     factorizations,
     layer_factorizations,
@@ -20,6 +19,7 @@ from torchkron.factorization import (
     nearest_kronecker,
     prime_factors,
 )
+from torchkron.factorization._nearest import _rearrange
 
 
 def test_factor_shapes_seed_examples():
