@@ -13,14 +13,30 @@ here imports the dispatcher.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
+from typing import Protocol
 
+from torch import Tensor
+
+from torchkron.functional._guards import Sizes
 from torchkron.functional.impls import bmm, fastkron, fused, materialize, permute, triton
 
-__all__ = ["MODULES"]
+__all__ = ["MODULES", "Impl"]
+
+
+class Impl(Protocol):
+    """What every implementation module provides."""
+
+    def run(
+        self, x: Tensor, factors: Sequence[Tensor], bias: Tensor | None, sizes: Sizes
+    ) -> Tensor: ...
+
+    def unsupported_reason(self, x: Tensor, factors: Sequence[Tensor]) -> str | None: ...
+
 
 #: The implementation module of each ``impl=`` value other than ``"auto"``.
-MODULES = MappingProxyType(
+MODULES: Mapping[str, Impl] = MappingProxyType(
     {
         "permute": permute,
         "bmm": bmm,
