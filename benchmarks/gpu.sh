@@ -92,7 +92,7 @@ try:
 except Exception as exc:
     print("triton: not importable:", exc)
 try:
-    import torchkron, torchkron._triton as t
+    import torchkron, torchkron.functional.impls.triton as t
     print("torchkron", torchkron.__version__, "from", torchkron.__file__, "triton usable:", t.is_available())
 except Exception as exc:
     print("torchkron: not importable:", exc)

@@ -68,7 +68,7 @@ def _device_slug(device: torch.device) -> str:
 
 
 def _triton_fn() -> Any:
-    from torchkron._triton import kron_linear_triton
+    from torchkron.functional.impls.triton import kron_linear_triton
 
     return kron_linear_triton
 
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu_check: torch sees no CUDA device; use --device cpu for a dry run")
         return 2
-    from torchkron import _triton
+    from torchkron.functional.impls import triton as _triton
 
     triton_ok = _triton.is_available() and (device.type == "cuda" or _triton._interpreting())
     # kron_linear(impl="triton") takes CUDA tensors only; on the CPU (a dry run in

@@ -2,7 +2,7 @@
 
 Triton's interpreter (the CPU tests) runs the kernels' arithmetic but not the compiler:
 type errors that only the compiler sees (e.g. a name typed differently in two branches)
-and register spills show up only here. The launches of ``torchkron._triton`` are
+and register spills show up only here. The launches of ``torchkron.functional.impls.triton`` are
 recorded instead of run, given the specialisations a real launch gets (integer
 arguments equal to 1 become constants, pointers and multiples of 16 are marked
 16-divisible), compiled with the ``ptxas`` shipped in the triton wheel, and the cubin's
@@ -47,7 +47,8 @@ def _record(
     shapes: tuple[tuple[int, int], tuple[int, int]], rank: int, dtype: torch.dtype
 ) -> list[Any]:
     """The (kernel, args, kwargs) of one forward and one full backward launch."""
-    from torchkron import _triton, _triton_kernels
+    from torchkron.functional.impls import _triton_kernels
+    from torchkron.functional.impls import triton as _triton
 
     calls: list[Any] = []
 

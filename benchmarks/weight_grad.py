@@ -8,7 +8,7 @@ A contraction step applied to P row blocks has the weight gradient ``sum_p g[p] 
 - ``partial``: batched products (P, m, k), then their sum; writes and re-reads P*m*k numbers;
 - ``one_gemm``: both operands copied to a (., P*Q) layout, then one GEMM; moves P*Q*(m+k).
 
-``torchkron._autograd._weight_grad`` picks ``one_gemm`` when m*k > ratio * Q*(m+k); this
+``torchkron.functional._autograd._weight_grad`` picks ``one_gemm`` when m*k > ratio * Q*(m+k); this
 script times both at the steps of the benchmark shapes (rank 1, 4, 16 at 768->3072; the CPU
 goal shapes) and prints, per shape, the faster one and what the rule picks.
 """
@@ -22,9 +22,8 @@ from pathlib import Path
 import torch
 import torch.utils.benchmark as tb
 
-from torchkron._autograd import _ONE_GEMM_RATIO, _one_gemm
 from torchkron.experiments.training.runs import cpu_name
-from torchkron.functional import _chain_plan_cached
+from torchkron.functional import _plan
 
 # (label, out factors, in factors, rank, batch): the benchmark shapes with two factors.
 SHAPES = [
@@ -44,7 +43,7 @@ def batched_steps() -> list[tuple[str, int, int, int, int]]:
     """(label, P, m, k, Q) of every batched step (post > 1) the chain runs at SHAPES."""
     out = []
     for label, outs, ins, rank, batch in SHAPES:
-        for st in _chain_plan_cached(outs, ins, rank).steps:
+        for st in _plan.chain_plan_cached(outs, ins, rank).steps:
             if st.post > 1:
                 out.append((label, batch * st.pre, st.m, st.k, st.post))
     return out
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`python benchmarks/weight_grad.py --threads {args.threads}`; torch {torch.__version__}, "
         f"{args.threads} thread(s); medians over {args.rounds} interleaved rounds of "
         f"`blocked_autorange(min_run_time={args.min_run_time})`; rule: one GEMM when "
-        f"m*k > {_ONE_GEMM_RATIO} * Q*(m+k).",
+        f"m*k > {_plan.ONE_GEMM_RATIO} * Q*(m+k).",
         "",
         "| step | P | m | k | Q | partial | one GEMM | faster | rule picks | rule's loss |",
         "|---|---:|---:|---:|---:|---:|---:|---|---|---:|",
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(timer.blocked_autorange(min_run_time=args.min_run_time).median)
         med = {n: sorted(t)[len(t) // 2] for n, t in times.items()}
         faster = min(med, key=lambda n: med[n])
-        picked = "one_gemm" if _one_gemm(p, m, k, q) else "partial"
+        picked = "one_gemm" if _plan.one_gemm(p, m, k, q) else "partial"
         loss = med[picked] / med[faster]
         lines.append(
             f"| {label} | {p} | {m} | {k} | {q} | {med['partial'] * 1e3:.3f} ms | "

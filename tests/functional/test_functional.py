@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 from tests.reference import random_factors, reference_weight
 
 from torchkron.functional import (
-    _order_flops,
     contraction_order,
     dense_flops,
     kron_flops,
     kron_linear,
     kron_weight,
 )
+from torchkron.functional._plan import order_flops
 
 shapes_st = st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), min_size=1, max_size=4)
 lead_st = st.lists(st.integers(0, 3), min_size=0, max_size=2)
@@ -74,12 +74,12 @@ def test_contraction_order_is_flop_optimal():
     cases = [((25, 25), (28, 28), 1), ((5, 2), (25, 25), 1), ((2, 8, 3, 5), (7, 2, 9, 4), 3)]
     for outs, ins, rank in cases:
         best = min(
-            _order_flops(p, outs, ins, rank) for p in itertools.permutations(range(len(outs)))
+            order_flops(p, outs, ins, rank) for p in itertools.permutations(range(len(outs)))
         )
-        assert _order_flops(contraction_order(outs, ins, rank), outs, ins, rank) == best
+        assert order_flops(contraction_order(outs, ins, rank), outs, ins, rank) == best
     # Shrinking modes go first: 625 -> 10 contracts the 2x25 factor... whichever is cheaper.
     assert kron_flops((5, 2), (25, 25)) == min(
-        _order_flops(p, (5, 2), (25, 25), 1) for p in [(0, 1), (1, 0)]
+        order_flops(p, (5, 2), (25, 25), 1) for p in [(0, 1), (1, 0)]
     )
 
 

@@ -1,4 +1,5 @@
-"""torchkron._triton: the fused two-factor kernels against the float64 torch.kron reference.
+"""The Triton impl (torchkron.functional.impls.triton): the fused two-factor kernels
+against the float64 torch.kron reference.
 
 Without CUDA the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, set here
 before the kernels are first built), so sizes stay tiny. With CUDA they run compiled on
@@ -24,8 +25,12 @@ if HAS_TRITON and not ON_CUDA:
     # Normally done by conftest.py: it must precede the first import of triton.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from torchkron import _triton  # noqa: E402
-from torchkron._triton import is_available, kron_linear_triton, unsupported_reason  # noqa: E402
+from torchkron.functional.impls import triton as _triton  # noqa: E402
+from torchkron.functional.impls.triton import (  # noqa: E402
+    is_available,
+    kernel_unsupported_reason,
+    kron_linear_triton,
+)
 
 DEVICE = torch.device("cuda" if ON_CUDA else "cpu")
 
@@ -191,12 +196,12 @@ def test_kernels_compile_for_sm90_without_spills():
 
 def test_torchkron_imports_and_runs_without_triton():
     # sys.modules["triton"] = None makes every "import triton" fail, as if not installed:
-    # so torchkron (and torchkron._triton) never import the kernel module on import.
+    # so torchkron (and its Triton impl) never import the kernel module on import.
     # (torch._dynamo, which torchkron.functional loads, imports triton by itself when it
     # is installed; that is torch's doing.)
     code = (
         "import sys; sys.modules['triton'] = None; "
-        "import torch, torchkron, torchkron._triton as t; "
+        "import torch, torchkron, torchkron.functional.impls.triton as t; "
         "a, b = torch.randn(1, 2, 3), torch.randn(1, 4, 5); "
         "y = torchkron.functional.kron_linear(torch.randn(2, 15), [a, b]); "
         "print(t.is_available(), y.shape)"
@@ -235,12 +240,12 @@ def test_not_two_factors_names_the_fallback():
 def test_mixed_and_integer_dtypes_are_rejected():
     a, b = torch.randn(1, 2, 3), torch.randn(1, 4, 5)
     x = torch.randn(2, 15, dtype=torch.float64)
-    assert unsupported_reason(x, [a, b]) == (
+    assert kernel_unsupported_reason(x, [a, b]) == (
         "the input, factors and bias have different dtypes (float32, float64); cast them "
         "to one dtype, or use impl='bmm' (or 'auto') instead"
     )
     ints = [torch.ones(1, 2, 3, dtype=torch.int64), torch.ones(1, 4, 5, dtype=torch.int64)]
-    assert unsupported_reason(torch.ones(2, 15, dtype=torch.int64), ints) == (
+    assert kernel_unsupported_reason(torch.ones(2, 15, dtype=torch.int64), ints) == (
         "dtype int64 is not supported (float16, bfloat16, float32 and float64 are); "
         "use impl='bmm' (or 'auto') instead"
     )

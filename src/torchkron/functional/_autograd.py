@@ -19,24 +19,16 @@ same operations.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from torchkron import _gemm
-from torchkron._gemm import _tracing
+from torchkron.functional import _gemm
+from torchkron.functional._guards import records, tracing
+from torchkron.functional._plan import GemmStep, one_gemm
 
-__all__ = ["GemmStep", "chain", "linear"]
-
-
-class GemmStep(NamedTuple):
-    """One in-place contraction; sizes are per input row (the batch ``B`` excluded)."""
-
-    pre: int  # product of the mode sizes before the contracted one
-    k: int  # contracted size (columns of the step's matrix)
-    m: int  # produced size (rows of the step's matrix)
-    post: int  # product of the mode sizes after the contracted one
+__all__ = ["chain", "contiguous_grad", "linear", "no_double_backward", "onednn_linear"]
 
 
 def _step(s: Tensor, w: Tensor, step: GemmStep, batch: int, bias: Tensor | None = None) -> Tensor:
@@ -47,7 +39,7 @@ def _step(s: Tensor, w: Tensor, step: GemmStep, batch: int, bias: Tensor | None 
     # expand() is a stride-0 view: the batched GEMM reads the same w for every entry,
     # where torch.matmul(w, s) would first copy s into a transposed layout.
     s3 = s.reshape(p, step.k, step.post)
-    if torch.is_grad_enabled() and w.requires_grad and not _tracing():
+    if torch.is_grad_enabled() and w.requires_grad and not tracing():
         out: Tensor = _BatchedStepFn.apply(w, s3)  # type: ignore[no-untyped-call]
         # In place: the product is saved by nothing, and a fresh (P, m, post) tensor for
         # an out-of-place sum costs more than the add itself (new pages to fault in).
@@ -62,7 +54,7 @@ def _weight_grad(g: Tensor, s: Tensor) -> Tensor:
     """``sum_p g[p] @ s[p].T`` for ``g`` of shape (P, m, Q) and ``s`` of shape (P, k, Q)."""
     p, m, q = g.shape
     k = s.shape[1]
-    if _one_gemm(p, m, k, q):
+    if one_gemm(p, m, k, q):
         # Both operands copied into a (., P * Q) layout, then one long GEMM: the copies
         # move P*Q*(m + k) numbers, where the batched products write and re-read P*m*k.
         gt = g.transpose(0, 1).reshape(m, p * q)  # (m, P*Q)
@@ -71,26 +63,23 @@ def _weight_grad(g: Tensor, s: Tensor) -> Tensor:
     return torch.bmm(g, s.transpose(1, 2)).sum(0)  # (P, m, k) partial sums, then their sum
 
 
-def _one_gemm(p: int, m: int, k: int, q: int) -> bool:
-    return m * k > _ONE_GEMM_RATIO * q * (m + k)
-
-
-#: Measured crossover of the two weight-gradient layouts (see ``_weight_grad``).
-_ONE_GEMM_RATIO = 0.85
-
-
 def linear(s: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``s @ w.T + bias`` (2-d), on oneDNN where :mod:`torchkron._gemm` says so, with a
-    gradient either way."""
-    if _gemm.records(s, w, bias) and _gemm.uses_onednn(s, w):
-        out: Tensor = _LinearFn.apply(s, w, bias)  # type: ignore[no-untyped-call]
-        return out
+    """``s @ w.T + bias`` (2-d), on oneDNN where :mod:`torchkron.functional._gemm` says
+    so, with a gradient either way."""
+    if records(s, w, bias) and _gemm.uses_onednn(s, w):
+        return onednn_linear(s, w, bias)
     return _gemm.linear(s, w, bias)
+
+
+def onednn_linear(s: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``s @ w.T + bias`` (2-d) on oneDNN, unconditionally, with a gradient."""
+    out: Tensor = _LinearFn.apply(s, w, bias)  # type: ignore[no-untyped-call]
+    return out
 
 
 class _LinearFn(torch.autograd.Function):
     """``s @ w.T + bias`` with the forward and the input gradient on oneDNN (the caller
-    decides when; see :mod:`torchkron._gemm`). Autograd cannot differentiate oneDNN's
+    decides when; see :mod:`torchkron.functional._gemm`). Autograd cannot differentiate oneDNN's
     operator, so under ``create_graph`` the backward uses plain operators."""
 
     @staticmethod
@@ -178,9 +167,9 @@ def _add_bias(y: Tensor, bias: Tensor, batch: int) -> Tensor:
     """``y`` (a GEMM output of ``batch * features`` numbers) plus ``bias``, in place: the
     product is saved by nothing, and a fresh output for an out-of-place sum costs more
     than the add itself (new pages to fault in)."""
-    if _tracing():
+    if tracing():
         return (y.reshape(batch, bias.shape[0]) + bias).reshape(y.shape)
-    if _gemm.records(y, bias):
+    if records(y, bias):
         out: Tensor = _AddBiasFn.apply(y, bias, batch)  # type: ignore[no-untyped-call]
         return out
     return y.view(batch, bias.shape[0]).add_(bias).view(y.shape)
@@ -295,3 +284,56 @@ def chain(
         out: Tensor = _ChainFn.apply(x, steps, bias, *mats)  # type: ignore[no-untyped-call]
         return out
     return _forward(x, mats, steps, bias)[-1]
+
+
+class _ContiguousGradFn(torch.autograd.Function):
+    """Identity whose backward hands a contiguous gradient to the chain below.
+
+    ``layer(x).sum().backward()`` sends a stride-0 (expanded) gradient; the batched GEMMs
+    of the chain's backward then fall off the BLAS fast path (2-3x slower steps,
+    issue 8). One copy of the output gradient restores the contiguous speed.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor) -> Tensor:
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.contiguous()
+
+
+def contiguous_grad(y: Tensor) -> Tensor:
+    """``y``, whose gradient reaches the operations below it contiguous."""
+    # Under torch.jit.trace the node would be baked into the graph, and the tracer's
+    # re-run (without grad) would see a different graph; tracing is for inference anyway.
+    if not (y.requires_grad and torch.is_grad_enabled()) or torch._C._get_tracing_state():
+        return y
+    out: Tensor = _ContiguousGradFn.apply(y)  # type: ignore[no-untyped-call]
+    return out
+
+
+class _NoDoubleBackwardFn(torch.autograd.Function):
+    """Identity that refuses ``create_graph=True``: pyfastkron's backward is first-order."""
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor) -> Tensor:
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        if torch.is_grad_enabled():  # i.e. backward(create_graph=True)
+            raise RuntimeError(
+                "kron_linear(impl='fastkron') does not support double backward "
+                "(create_graph=True): pyfastkron's backward is not differentiable, so "
+                "second derivatives would be wrong; use impl='bmm' or impl='fused'."
+            )
+        return grad
+
+
+def no_double_backward(y: Tensor) -> Tensor:
+    """``y``, whose backward raises under ``create_graph=True`` (pyfastkron's output)."""
+    if not (y.requires_grad and torch.is_grad_enabled()):
+        return y
+    out: Tensor = _NoDoubleBackwardFn.apply(y)  # type: ignore[no-untyped-call]
+    return out

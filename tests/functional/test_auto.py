@@ -5,18 +5,18 @@ from __future__ import annotations
 import gc
 import json
 import math
-import sys
-import types
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.functional.memory import saved_tensor_bytes
 from tests.reference import random_factors, reference_weight
 
-from torchkron import KronLinear, _cost, _fastkron, functional
-from torchkron.experiments.commands.bench import saved_tensor_bytes
-from torchkron.functional import IMPLS, choose_impl, kron_linear
+from torchkron import KronLinear, functional
+from torchkron.functional import IMPLS, _calibration, _weight, calibrate, choose_impl, kron_linear
+from torchkron.functional.impls import fastkron as fastkron_impl
+from torchkron.functional.impls import triton as triton_impl
 
 # Calibrations that push the model to every extreme; none may change the result.
 BAD_CALIBRATIONS = [
@@ -30,10 +30,10 @@ BAD_CALIBRATIONS = [
 
 @pytest.fixture(autouse=True)
 def _clean_state():
-    _cost.set_calibration({"devices": _cost.DEFAULTS})
+    _calibration.override({"devices": calibrate.DEFAULTS})
     functional.clear_weight_cache()
     yield
-    _cost.set_calibration(None)
+    _calibration.override(None)
     functional.clear_weight_cache()
 
 
@@ -75,9 +75,9 @@ shapes_st = st.lists(st.tuples(st.integers(1, 6), st.integers(1, 6)), min_size=1
 )
 def test_auto_choice_is_always_correct(shapes, rank, batch, seed, grad, calib):
     if calib < len(BAD_CALIBRATIONS):
-        _cost.set_calibration({"devices": BAD_CALIBRATIONS[calib]})
+        _calibration.override({"devices": BAD_CALIBRATIONS[calib]})
     else:
-        _cost.set_calibration({"devices": _cost.DEFAULTS})
+        _calibration.override({"devices": calibrate.DEFAULTS})
     _check_against_reference(shapes, rank, batch, seed, grad)
 
 
@@ -85,35 +85,35 @@ def test_bad_calibrations_can_force_either_plan_and_stay_correct():
     shapes, rank = [(4, 5), (3, 6)], 3
     seen = set()
     for calib in BAD_CALIBRATIONS[:2]:
-        _cost.set_calibration({"devices": calib})
+        _calibration.override({"devices": calib})
         for grad in (False, True):
             seen.add(_check_against_reference(shapes, rank, 5, 0, grad))
     assert {"bmm", "materialize"} <= seen
 
 
 def test_insane_constants_fall_back_to_defaults():
-    _cost.set_calibration({"devices": BAD_CALIBRATIONS[2]})
-    assert _cost.calibration("cpu") == _cost.DEFAULTS["cpu"]
-    _cost.set_calibration({"devices": {"cpu": {"peak_flops": 2e11}}})
-    assert _cost.calibration("cpu") == {**_cost.DEFAULTS["cpu"], "peak_flops": 2e11}
+    _calibration.override({"devices": BAD_CALIBRATIONS[2]})
+    assert calibrate.constants("cpu") == calibrate.DEFAULTS["cpu"]
+    _calibration.override({"devices": {"cpu": {"peak_flops": 2e11}}})
+    assert calibrate.constants("cpu") == {**calibrate.DEFAULTS["cpu"], "peak_flops": 2e11}
 
 
 def test_calibration_file_from_env_and_corrupt_file_warns(tmp_path, monkeypatch):
     path = tmp_path / "calibration.json"
-    monkeypatch.setenv(_cost.CALIBRATION_ENV, str(path))
-    _cost.set_calibration(None)
-    _cost._reset_loaded()
-    assert _cost.calibration_path() == path
-    assert _cost.calibration("cpu") == _cost.DEFAULTS["cpu"]  # absent: defaults
+    monkeypatch.setenv(calibrate.ENV, str(path))
+    _calibration.override(None)
+    calibrate.reload()
+    assert calibrate.default_path() == path
+    assert calibrate.constants("cpu") == calibrate.DEFAULTS["cpu"]  # absent: defaults
     path.write_text(json.dumps({"devices": {"cpu": {"d_half": 7.0}}}))
-    _cost._reset_loaded()
-    assert _cost.calibration("cpu")["d_half"] == 7.0
+    calibrate.reload()
+    assert calibrate.constants("cpu")["d_half"] == 7.0
     path.write_text("{not json")
-    _cost._reset_loaded()
+    calibrate.reload()
     with pytest.warns(UserWarning, match=r"ignoring the calibration file .*bench --calibrate"):
-        assert _cost.calibration("cpu") == _cost.DEFAULTS["cpu"]
+        assert calibrate.constants("cpu") == calibrate.DEFAULTS["cpu"]
     _check_against_reference([(3, 4), (2, 5)], 2, 3, 1, True)
-    _cost._reset_loaded()
+    calibrate.reload()
 
 
 def test_auto_materializes_high_rank_and_keeps_the_chain_for_rank_one():
@@ -122,7 +122,7 @@ def test_auto_materializes_high_rank_and_keeps_the_chain_for_rank_one():
         factors = [torch.zeros(rank, 64, 32, requires_grad=True), torch.zeros(rank, 48, 24)]
         assert choose_impl(x, factors) == want
     # W of 65536 x 65536 is never built, whatever the model says.
-    _cost.set_calibration({"devices": BAD_CALIBRATIONS[1]})
+    _calibration.override({"devices": BAD_CALIBRATIONS[1]})
     big = [torch.zeros(1, 256, 256), torch.zeros(1, 256, 256)]
     with torch.no_grad():
         assert choose_impl(torch.zeros(2, 65536), big) == "bmm"
@@ -133,7 +133,7 @@ def test_auto_materializes_high_rank_and_keeps_the_chain_for_rank_one():
 
 
 def _entry(factors):
-    e = functional._WEIGHT_CACHE.get(id(factors[0]))
+    e = _weight.WEIGHT_CACHE.get(id(factors[0]))
     return None if e is None else e.weight
 
 
@@ -222,22 +222,22 @@ def test_cache_not_used_with_autograd_and_dropped_with_the_factors():
         functional.clear_weight_cache()
         with torch.no_grad():
             kron_linear(x, factors, impl="materialize")
-        assert not functional._WEIGHT_CACHE
+        assert not _weight.WEIGHT_CACHE
     finally:
         functional.set_weight_cache(True)
     with torch.no_grad():
         kron_linear(x, factors, impl="materialize")
-    assert len(functional._WEIGHT_CACHE) == 1
+    assert len(_weight.WEIGHT_CACHE) == 1
     del factors, y
     gc.collect()
-    assert not functional._WEIGHT_CACHE
+    assert not _weight.WEIGHT_CACHE
 
 
 def test_cache_skips_inference_tensors():
     with torch.inference_mode():
         factors = [torch.randn(1, 3, 4), torch.randn(1, 2, 5)]
         y = kron_linear(torch.ones(2, 20), factors, impl="materialize")
-    assert not functional._WEIGHT_CACHE
+    assert not _weight.WEIGHT_CACHE
     torch.testing.assert_close(y, torch.ones(2, 20) @ reference_weight(factors).T)
 
 
@@ -272,7 +272,7 @@ def test_bias_only_grad_with_create_graph(impl):
     assert torch.autograd.gradgradcheck(fn, (bias,))
 
 
-@pytest.mark.skipif(not _fastkron.available(), reason="pyfastkron not installed")
+@pytest.mark.skipif(not fastkron_impl.available(), reason="pyfastkron not installed")
 def test_fastkron_double_backward_is_refused_with_a_clear_error():
     factors = [f.float().requires_grad_() for f in random_factors([(3, 4), (2, 5)], 1)]
     x = torch.randn(4, 20, requires_grad=True)
@@ -298,13 +298,13 @@ def test_triton_unavailable_is_a_clear_error_and_never_auto(monkeypatch):
     x = torch.randn(2, 20, dtype=torch.float64)
     with pytest.raises(RuntimeError, match=r"^kron_linear\(impl='triton'\): "):
         kron_linear(x, factors, impl="triton")
-    fake = types.ModuleType("torchkron._triton")
-    fake.is_available = lambda: True  # type: ignore[attr-defined]
-    fake.kron_linear_triton = lambda *a: pytest.fail("CPU tensors must not reach Triton")  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "torchkron._triton", fake)
+    monkeypatch.setattr(triton_impl, "is_available", lambda: True)
+    monkeypatch.setattr(
+        triton_impl, "_apply", lambda *a: pytest.fail("CPU tensors must not reach Triton")
+    )
     with pytest.raises(RuntimeError, match="run on CUDA tensors, got device cpu"):
         kron_linear(x, factors, impl="triton")
-    _cost.set_calibration({"devices": BAD_CALIBRATIONS[1]})
+    _calibration.override({"devices": BAD_CALIBRATIONS[1]})
     assert choose_impl(x, factors) != "triton"
 
 

@@ -1,4 +1,5 @@
-"""Fused Triton kernels for two-factor Kronecker linear maps (optional; needs ``triton``).
+"""``impl="triton"``: fused Triton kernels for two-factor Kronecker linear maps (optional;
+needs ``triton``; CUDA, or its CPU interpreter in tests).
 
 For two factors ``A`` of shape ``(R, o1, n1)`` and ``B`` of shape ``(R, o2, n2)`` and an
 input row seen as a matrix ``X_b`` of shape ``(n1, n2)``, the map is::
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -37,7 +37,15 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["is_available", "kron_linear_triton", "unsupported_reason"]
+from torchkron.functional._guards import Sizes, check_bias, check_factors, check_input
+
+__all__ = [
+    "is_available",
+    "kernel_unsupported_reason",
+    "kron_linear_triton",
+    "run",
+    "unsupported_reason",
+]
 
 _FALLBACK = "use impl='bmm' (or 'auto') instead"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -76,7 +84,22 @@ def is_available() -> bool:
     return _interpreting() or torch.cuda.is_available()
 
 
-def unsupported_reason(
+def unsupported_reason(x: Tensor, factors: Sequence[Tensor]) -> str | None:
+    """Why ``kron_linear(impl="triton")`` cannot run here, or None when it can.
+
+    Triton importable with a CUDA device (or the interpreter), two factors, CUDA tensors;
+    what the kernels accept beyond that is :func:`kernel_unsupported_reason`.
+    """
+    if not is_available():
+        return "Triton or a CUDA device is not available (pip install triton, run on CUDA)"
+    if len(factors) != 2:
+        return f"the Triton kernels take exactly 2 factors, got {len(factors)}"
+    if factors[0].device.type != "cuda":
+        return f"the Triton kernels run on CUDA tensors, got device {factors[0].device}"
+    return None
+
+
+def kernel_unsupported_reason(
     x: Tensor, factors: Sequence[Tensor], bias: Tensor | None = None
 ) -> str | None:
     """Why :func:`kron_linear_triton` cannot take these arguments, or ``None`` if it can.
@@ -130,7 +153,7 @@ def _cdiv(a: int, b: int) -> int:
 def _kernels() -> Any:
     # The kernels live in their own module, which imports triton at its top: Triton
     # resolves the helpers a kernel calls through the module's globals.
-    from torchkron import _triton_kernels
+    from torchkron.functional.impls import _triton_kernels
 
     return _triton_kernels
 
@@ -385,39 +408,48 @@ def kron_linear_triton(x: Tensor, factors: Sequence[Tensor], bias: Tensor | None
 
     Examples:
         >>> import torch
-        >>> from torchkron._triton import is_available, kron_linear_triton
+        >>> from torchkron.functional.impls.triton import is_available, kron_linear_triton
         >>> if is_available() and torch.cuda.is_available():  # doctest: +SKIP
         ...     a = torch.randn(1, 64, 64, device="cuda")
         ...     b = torch.randn(1, 64, 64, device="cuda")
         ...     y = kron_linear_triton(torch.randn(8, 4096, device="cuda"), [a, b])
     """
-    from torchkron.functional import _check_factors
-
-    rank, outs, ins = _check_factors(factors, "kron_linear_triton")
-    reason = unsupported_reason(x, factors, bias)
+    sizes = check_factors(factors, "kron_linear_triton")
+    reason = kernel_unsupported_reason(x, factors, bias)
     if reason is not None:
         raise ValueError(f"kron_linear_triton: {reason}.")
-    in_features, out_features = math.prod(ins), math.prod(outs)
-    if x.dim() == 0 or x.shape[-1] != in_features:
-        got = "a 0-d tensor" if x.dim() == 0 else f"shape {tuple(x.shape)}"
-        raise ValueError(
-            f"kron_linear_triton: the input has {got}, but its last dimension must be "
-            f"in_features={in_features} ({ins[0]} x {ins[1]}); reshape it to "
-            f"(*, {in_features})."
-        )
-    if bias is not None and tuple(bias.shape) != (out_features,):
-        raise ValueError(
-            f"kron_linear_triton: bias has shape {tuple(bias.shape)}, but it must be "
-            f"({out_features},) to match out_features."
-        )
+    check_input(x, sizes, "kron_linear_triton", hint=False)
+    check_bias(bias, sizes, "kron_linear_triton")
     if not _triton_importable():
         raise RuntimeError(
             "kron_linear_triton: triton is not installed; pip install 'torchkron[triton]' "
             f"or {_FALLBACK}."
         )
-    del rank
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, in_features).contiguous()
+    y = _apply(x.reshape(-1, sizes.in_features), factors, bias)
+    return y.reshape(*lead, sizes.out_features)
+
+
+def run(x: Tensor, factors: Sequence[Tensor], bias: Tensor | None, sizes: Sizes) -> Tensor:
+    """``x @ W.T + bias`` for a 2-D ``x`` of shape ``(B, prod in_i)``, validated.
+
+    Raises:
+        RuntimeError: Triton, a CUDA device or CUDA tensors are missing, or not 2 factors.
+        ValueError: arguments the kernels do not take (see :func:`kernel_unsupported_reason`).
+    """
+    reason = unsupported_reason(x, factors)
+    if reason is not None:
+        raise RuntimeError(f"kron_linear(impl='triton'): {reason}.")
+    reason = kernel_unsupported_reason(x, factors, bias)
+    if reason is not None:
+        raise ValueError(f"kron_linear_triton: {reason}.")
+    return _apply(x, factors, bias)
+
+
+def _apply(x2: Tensor, factors: Sequence[Tensor], bias: Tensor | None) -> Tensor:
+    """The kernels on a 2-D input, with autograd."""
     a, b = (f.contiguous() for f in factors)
-    y: Tensor = _KronLinear2.apply(x2, a, b, None if bias is None else bias.contiguous())  # type: ignore[no-untyped-call]
-    return y.reshape(*lead, out_features)
+    y: Tensor = _KronLinear2.apply(  # type: ignore[no-untyped-call]
+        x2.contiguous(), a, b, None if bias is None else bias.contiguous()
+    )
+    return y

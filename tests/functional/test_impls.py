@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.functional.memory import cpu_memory_events, replayed_peak_bytes
 from tests.reference import random_factors, reference_weight
 
-from torchkron import KronLinear, _cost, _fastkron
-from torchkron.experiments.commands.bench import cpu_memory_events, replayed_peak_bytes
-from torchkron.functional import (
-    _GROUP_MAX_SIZE,
-    IMPLS,
-    _chain_plan_cached,
-    _group_sizes,
-    choose_impl,
-    kron_linear,
-)
+from torchkron import KronLinear
+from torchkron.functional import IMPLS, _calibration, calibrate, choose_impl, kron_linear
+from torchkron.functional._plan import GROUP_MAX_SIZE, chain_plan_cached, group_sizes
+from torchkron.functional.impls import fastkron as fastkron_impl
 
-HAVE_FASTKRON = _fastkron.available()
+HAVE_FASTKRON = fastkron_impl.available()
 # "fastkron" is tested only where pyfastkron is installed (the optional extra); "triton"
-# runs on CUDA tensors only (its kernels are tested with torchkron._triton; the errors
-# of impl="triton" on CPU are in tests/test_functional_auto.py).
+# runs on CUDA tensors only (its kernels are tested in tests/functional/test_triton.py; the
+# errors of impl="triton" on CPU are in tests/functional/test_auto.py).
 TESTED = [i for i in IMPLS if (i != "fastkron" or HAVE_FASTKRON) and i != "triton"]
 needs_fastkron = pytest.mark.skipif(not HAVE_FASTKRON, reason="pyfastkron not installed")
 
@@ -32,9 +30,9 @@ needs_fastkron = pytest.mark.skipif(not HAVE_FASTKRON, reason="pyfastkron not in
 @pytest.fixture(autouse=True)
 def _default_calibration():
     """impl="auto" decides from the built-in constants, not this machine's calibration file."""
-    _cost.set_calibration({"devices": _cost.DEFAULTS})
+    _calibration.override({"devices": calibrate.DEFAULTS})
     yield
-    _cost.set_calibration(None)
+    _calibration.override(None)
 
 
 shapes_st = st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), min_size=1, max_size=4)
@@ -111,7 +109,7 @@ def test_only_requested_gradients(impl):
 
 def test_group_sizes_never_build_w():
     for outs, ins in [((8,) * 4, (8,) * 4), ((2,) * 6, (3,) * 6), ((16,) * 3, (16,) * 3)]:
-        groups = _group_sizes(outs, ins)
+        groups = group_sizes(outs, ins)
         assert sum(groups) == len(outs)
         assert len(groups) >= 2
         start = 0
@@ -119,15 +117,15 @@ def test_group_sizes_never_build_w():
             if size > 1:
                 assert math.prod(outs[start : start + size]) * math.prod(
                     ins[start : start + size]
-                ) <= max(_GROUP_MAX_SIZE, math.prod(outs) * math.prod(ins))
+                ) <= max(GROUP_MAX_SIZE, math.prod(outs) * math.prod(ins))
             start += size
     # Large factors stay on their own.
-    assert _group_sizes((64, 64), (64, 64)) == (1, 1)
-    assert _group_sizes((8, 8, 8, 8), (8, 8, 8, 8)) == (2, 2)
+    assert group_sizes((64, 64), (64, 64)) == (1, 1)
+    assert group_sizes((8, 8, 8, 8), (8, 8, 8, 8)) == (2, 2)
 
 
 def test_chain_plan_joint_rank_for_two_groups():
-    plan = _chain_plan_cached((25, 25), (28, 28), 4)
+    plan = chain_plan_cached((25, 25), (28, 28), 4)
     assert plan.joint
     assert [s.m for s in plan.steps] == [4 * 25, 25]
 
@@ -137,7 +135,7 @@ def test_unknown_impl_and_missing_fastkron(monkeypatch):
     x = torch.zeros(2, 9, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"unknown impl 'nope'; choose one of 'auto'"):
         kron_linear(x, factors, impl="nope")
-    monkeypatch.setattr(_fastkron, "_module", lambda: None)
+    monkeypatch.setattr(fastkron_impl, "_module", lambda: None)
     with pytest.raises(RuntimeError, match=r"impl='fastkron'.*pyfastkron is not installed"):
         kron_linear(x, factors, impl="fastkron")
     # auto never needs it.
@@ -149,6 +147,63 @@ def test_fastkron_rejects_bfloat16():
     factors = random_factors([(2, 3), (2, 3)], 1, dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="float32 and float64 only"):
         kron_linear(torch.zeros(2, 9, dtype=torch.bfloat16), factors, impl="fastkron")
+
+
+@needs_fastkron
+@pytest.mark.parametrize("rank", [1, 2])
+def test_fastkron_gradient_of_a_non_contiguous_input(rank):
+    # pyfastkron 1.1.0 took "does the input need a gradient" from its own contiguous copy
+    # of the input, made without autograd: a sliced (non-contiguous) input got none.
+    factors = [f.requires_grad_() for f in random_factors([(3, 4), (2, 5)], rank, seed=6)]
+    base = torch.randn(6, 30, dtype=torch.float64, requires_grad=True)
+    x = base[:, 5:25]  # rows 30 apart: not contiguous
+    assert not x.is_contiguous()
+    y = kron_linear(x, factors, impl="fastkron")
+    ref = x @ reference_weight(factors).T
+    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    got = torch.autograd.grad(y, [base, *factors], g, allow_unused=True)
+    want = torch.autograd.grad(ref, [base, *factors], g)
+    for a, b in zip(got, want, strict=True):
+        assert a is not None
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@needs_fastkron
+def test_fastkron_float32_after_float64_in_one_process():
+    # pyfastkron 1.1.0 shares one native handle per device between dtypes; a float32 call
+    # after a float64 one must still give float32 results, not NaN. In a fresh process,
+    # so that no earlier test has called it in either dtype.
+    code = """
+import torch
+from tests.reference import random_factors, reference_weight
+from torchkron.functional import kron_linear
+
+for shapes in ([(3, 4), (2, 5)], [(8, 8), (8, 8)], [(25, 28), (25, 28)], [(4, 4)] * 3):
+    f64 = [f.requires_grad_() for f in random_factors(shapes, 2, seed=7)]
+    w = reference_weight([f.detach() for f in f64])
+    g = torch.Generator().manual_seed(8)
+    x64 = torch.randn(17, w.shape[1], generator=g, dtype=torch.float64, requires_grad=True)
+    kron_linear(x64, f64, impl="fastkron").sum().backward()
+    for grad in (False, True):
+        f32 = [f.detach().float().requires_grad_(grad) for f in f64]
+        x32 = x64.detach().float().requires_grad_(grad)
+        y = kron_linear(x32, f32, impl="fastkron")
+        assert not y.isnan().any(), shapes
+        ref = x64.detach() @ w.T
+        torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-4)
+        if grad:
+            (gx,) = torch.autograd.grad(y.sum(), x32)
+            want = w.sum(0).expand_as(x64)
+            torch.testing.assert_close(gx.double(), want, rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=False
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "ok"
 
 
 @pytest.mark.parametrize("impl", ["permute", "bmm", "fused", "materialize"])

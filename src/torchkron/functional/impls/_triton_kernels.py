@@ -1,8 +1,9 @@
-"""Triton kernels behind :mod:`torchkron._triton` (imported only from there, lazily).
+"""Triton kernels behind :mod:`torchkron.functional.impls.triton` (imported only from
+there, lazily).
 
 Kept apart because this module imports ``triton`` at its top: Triton resolves the
 helpers a kernel calls (``chain_tile``, ``wgrad_tile``) through the module's globals.
-Shapes and layouts are described in :mod:`torchkron._triton`.
+Shapes and layouts are described in :mod:`torchkron.functional.impls.triton`.
 """
 
 # mypy: ignore-errors

@@ -19,7 +19,10 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-__all__ = ["available", "enabled", "linear", "onednn_linear", "records", "uses_onednn"]
+from torchkron.functional._calibration import constants
+from torchkron.functional._guards import records, tracing
+
+__all__ = ["available", "enabled", "linear", "onednn_linear", "uses_onednn"]
 
 #: Below this many FLOPs (2 M K N) a GEMM gains little, and the one-off kernel build for
 #: a new shape would cost more than the GEMM itself.
@@ -41,21 +44,7 @@ def available() -> bool:
 
 def enabled() -> bool:
     """Whether the calibration of this machine measured oneDNN faster (see module doc)."""
-    from torchkron import _cost
-
-    return available() and _cost.calibration("cpu")["onednn_speedup"] > MIN_SPEEDUP
-
-
-def _tracing() -> bool:
-    """Under torch.compile, torch.export or torch.jit.trace: plain operators only, no
-    state (trace cannot check a custom Function; the compiler optimises the plain graph,
-    and a cached weight would be baked into it)."""
-    return bool(torch._C._get_tracing_state()) or torch.compiler.is_compiling()
-
-
-def records(*tensors: Tensor | None) -> bool:
-    """Whether autograd records an operation on these tensors."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return available() and constants("cpu")["onednn_speedup"] > MIN_SPEEDUP
 
 
 def uses_onednn(a: Tensor, w: Tensor) -> bool:
@@ -67,7 +56,7 @@ def uses_onednn(a: Tensor, w: Tensor) -> bool:
         and a.dim() == 2
         and w.dim() == 2
         and 2 * a.shape[0] * a.shape[1] * w.shape[0] >= MIN_FLOPS
-        and not _tracing()
+        and not tracing()
         # Under CPU autocast PyTorch's GEMM runs in the autocast dtype; oneDNN's operator
         # has no autocast rule and would compute (and return) float32 instead.
         and not torch.is_autocast_enabled("cpu")

@@ -1,4 +1,4 @@
-"""The chain's plain GEMMs on oneDNN (torchkron._gemm): same numbers, same gradients."""
+"""The chain's plain GEMMs on oneDNN (torchkron.functional._gemm): same numbers, same gradients."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import pytest
 import torch
 from tests.reference import random_factors, reference_weight
 
-from torchkron import _cost, _gemm
-from torchkron.functional import kron_linear
+from torchkron.functional import _calibration, _gemm, calibrate, kron_linear
 
 needs_onednn = pytest.mark.skipif(not _gemm.available(), reason="no oneDNN in this build")
 
 
 def _calibrated(speedup: float) -> dict[str, object]:
-    return {"devices": {"cpu": {**_cost.DEFAULTS["cpu"], "onednn_speedup": speedup}}}
+    return {"devices": {"cpu": {**calibrate.DEFAULTS["cpu"], "onednn_speedup": speedup}}}
 
 
 @pytest.fixture
@@ -30,26 +29,26 @@ def onednn_on(monkeypatch):
 
     monkeypatch.setattr(_gemm, "onednn_linear", spy)
     monkeypatch.setattr(_gemm, "MIN_FLOPS", 0)
-    _cost.set_calibration(_calibrated(2.0))
+    _calibration.override(_calibrated(2.0))
     yield calls
-    _cost.set_calibration(None)
+    _calibration.override(None)
 
 
 def test_off_by_default_and_below_the_measured_threshold():
-    _cost.set_calibration({"devices": _cost.DEFAULTS})
+    _calibration.override({"devices": calibrate.DEFAULTS})
     try:
         assert not _gemm.enabled()  # uncalibrated: PyTorch's own BLAS
-        _cost.set_calibration(_calibrated(1.05))
+        _calibration.override(_calibrated(1.05))
         assert not _gemm.enabled()  # a gain within noise is not taken
-        _cost.set_calibration(_calibrated(float("nan")))
-        assert _cost.calibration("cpu")["onednn_speedup"] == 1.0  # insane: the default
+        _calibration.override(_calibrated(float("nan")))
+        assert calibrate.constants("cpu")["onednn_speedup"] == 1.0  # insane: the default
     finally:
-        _cost.set_calibration(None)
+        _calibration.override(None)
 
 
 @needs_onednn
 def test_only_large_float32_cpu_gemms(monkeypatch):
-    _cost.set_calibration(_calibrated(2.0))
+    _calibration.override(_calibrated(2.0))
     try:
         big, w = torch.randn(4096, 64), torch.randn(64, 64)
         assert _gemm.MIN_FLOPS <= 2 * 4096 * 64 * 64
@@ -59,7 +58,7 @@ def test_only_large_float32_cpu_gemms(monkeypatch):
         monkeypatch.setattr(_gemm, "available", lambda: False)
         assert not _gemm.uses_onednn(big, w)
     finally:
-        _cost.set_calibration(None)
+        _calibration.override(None)
 
 
 @needs_onednn
@@ -125,7 +124,7 @@ def test_double_backward_on_onednn_matches_the_default_gemm(onednn_on, impl):
 
     with_onednn = second_derivatives()
     assert onednn_on
-    _cost.set_calibration(_calibrated(1.0))
+    _calibration.override(_calibrated(1.0))
     without = second_derivatives()
     for a, w in zip(with_onednn, without, strict=True):
         torch.testing.assert_close(a, w, rtol=1e-4, atol=1e-4)
