@@ -17,7 +17,7 @@ import torch
 
 from torchkron import _cost, cli
 from torchkron.experiments.commands import bench
-from torchkron.experiments.errors import UserError
+from torchkron.experiments.common.errors import UserError
 
 
 def _args(tmp_path, *extra: str) -> argparse.Namespace:

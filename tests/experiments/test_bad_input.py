@@ -17,12 +17,12 @@ import pytest
 import torch
 from tests.experiments.synthetic import write_synthetic_mnist
 
-from torchkron import cli
-from torchkron.cli import main
+from torchkron.experiments import cli, options
+from torchkron.experiments.cli import main
+from torchkron.experiments.common.errors import DataError
+from torchkron.experiments.common.files import atomic_write_json
 from torchkron.experiments.data.idx import read_idx, write_idx
 from torchkron.experiments.data.mnist import FILES
-from torchkron.experiments.errors import DataError
-from torchkron.experiments.training.runs import atomic_write_json
 
 FAST = ["--epochs", "2", "--batch-size", "32", "--test-batch-size", "50", "--quiet"]
 
@@ -175,9 +175,9 @@ def test_disk_full_mid_run_leaves_nothing_half_written_and_resumes(
     synth, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "out"
-    import torchkron.experiments.training.runs as runs
+    import torchkron.experiments.common.files as files
 
-    real_fsync = runs.os.fsync
+    real_fsync = files.os.fsync
     calls = {"n": 0}
 
     def full_after_two(fd: int) -> None:
@@ -186,7 +186,7 @@ def test_disk_full_mid_run_leaves_nothing_half_written_and_resumes(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
-    monkeypatch.setattr(runs.os, "fsync", full_after_two)
+    monkeypatch.setattr(files.os, "fsync", full_after_two)
     assert _train(synth, out) == 2
     err = _error(capsys)
     # The last epoch writes the final model first: the disk is full there.
@@ -203,7 +203,7 @@ def test_disk_full_mid_run_leaves_nothing_half_written_and_resumes(
     assert record["history"]["epoch"] == [1]
     assert not record["complete"]
     assert torch.load(out / "checkpoints" / "dense-h1--seed0.pt")["epoch"] == 1
-    monkeypatch.setattr(runs.os, "fsync", real_fsync)  # space freed
+    monkeypatch.setattr(files.os, "fsync", real_fsync)  # space freed
     assert _train(synth, out, "--resume") == 0
     record = json.loads((out / "runs" / "dense-h1--seed0.json").read_text())
     assert record["history"]["epoch"] == [1, 2]
@@ -212,11 +212,11 @@ def test_disk_full_mid_run_leaves_nothing_half_written_and_resumes(
 
 # --- options -------------------------------------------------------------------------
 
-FLOAT_TYPES = {cli.finite_float, cli._positive_float, cli._fraction}
+FLOAT_TYPES = {options.finite_float, options.positive_float, options.fraction}
 
 
 def _float_options() -> list[tuple[str, str]]:
-    parser = cli._build_parser()
+    parser = cli.build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     found = []
     for name in ("reproduce", "train", "sweep", "compress"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tests.experiments.synthetic import write_synthetic_mnist
 
-from torchkron.cli import main
+from torchkron.experiments.cli import main
 
 FAST = ["--epochs", "2", "--batch-size", "32", "--test-batch-size", "50", "--quiet"]
 

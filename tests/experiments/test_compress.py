@@ -11,11 +11,11 @@ import pytest
 import torch
 from tests.experiments.synthetic import write_synthetic_mnist
 
-from torchkron.cli import main
-from torchkron.experiments.commands.compress import convert, load_source
-from torchkron.experiments.errors import UserError
-from torchkron.experiments.models.variants import build_mlp, dense_baseline, get_variant
-from torchkron.experiments.reporting.compress_report import _vs_scratch
+from torchkron.experiments.cli import main
+from torchkron.experiments.common.errors import UserError
+from torchkron.experiments.mnist.compress import convert, load_source
+from torchkron.experiments.mnist.compress_report import _vs_scratch
+from torchkron.experiments.mnist.variants import build_mlp, dense_baseline, get_variant
 from torchkron.linear import KronLinear
 
 FAST = ["--batch-size", "32", "--test-batch-size", "50", "--quiet", "--jobs", "1"]

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from torchkron.experiments.common.errors import DataError, UserError
 from torchkron.experiments.data.idx import read_idx, write_idx
-from torchkron.experiments.errors import DataError, UserError
 
 GZIP_MAGIC = b"\x1f\x8b"
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 from tests.experiments.synthetic import write_synthetic_mnist
 
-from torchkron.cli import main
-from torchkron.experiments.training.lock import LOCK_FILE
-from torchkron.experiments.training.runs import load_run
+from torchkron.experiments.cli import main
+from torchkron.experiments.common.lock import LOCK_FILE
+from torchkron.experiments.common.runs import load_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -175,7 +175,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(synth, tmp_path):
 def test_lock_is_held_during_the_session(synth, tmp_path, monkeypatch):
     out = tmp_path / "out"
     seen: list[dict] = []
-    import torchkron.experiments.training.runner as runner
+    import torchkron.experiments.mnist.runner as runner
 
     real = runner.run_jobs
 
@@ -184,7 +184,7 @@ def test_lock_is_held_during_the_session(synth, tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(runner, "run_jobs", spy)
-    import torchkron.experiments.commands.reproduce as reproduce
+    import torchkron.experiments.mnist.reproduce as reproduce
 
     monkeypatch.setattr(reproduce, "run_jobs", spy)
     assert _train(synth, out) == 0

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from torchkron.experiments.reporting.lm_report import (
+from torchkron.experiments.common.runs import SCHEMA
+from torchkron.experiments.lm.report import (
     compare,
     load_lm_runs,
     report_markdown,
     summarize,
     write_report,
 )
-from torchkron.experiments.training.runs import SCHEMA
 
 
 def record(name: str, seed: int, loss: float, *, family: str = "kron", phase: str = "main",
@@ -148,7 +148,7 @@ def test_table_shows_the_side_by_side_step_bench(tmp_path: Path) -> None:
     row = next(x for x in lines if x.startswith("| dense |"))
     assert "| 0.300 | 0.075 | 1.900 |" in row  # the run's own step time, then the bench's
     (out / "step_bench.json").write_text("{}")
-    from torchkron.experiments.errors import UserError
+    from torchkron.experiments.common.errors import UserError
 
     with pytest.raises(UserError, match=r"step_bench.json is not a step benchmark file \("):
         write_report(out, plots=False)

@@ -11,18 +11,18 @@ import pytest
 import torch
 
 from torchkron import KronLinear, LowRankLinear, MonarchLinear
-from torchkron.cli import main
+from torchkron.experiments.cli import main
+from torchkron.experiments.common.errors import DataError, UserError
 from torchkron.experiments.data.text import MD5, TextData, load_text
-from torchkron.experiments.errors import DataError, UserError
-from torchkron.experiments.models.gpt import GPT, GPTSpec, LinearSpec, make_linear
-from torchkron.experiments.training.lm_study import (
+from torchkron.experiments.lm.config import LMConfig
+from torchkron.experiments.lm.gpt import GPT, GPTSpec, LinearSpec, make_linear
+from torchkron.experiments.lm.schedule import (
     StudyPlan,
     format_lr,
     parse_linear,
     study_plan,
 )
-from torchkron.experiments.training.lm_trainer import (
-    LMConfig,
+from torchkron.experiments.lm.trainer import (
     LMJob,
     LMPaths,
     full_split_loss,
@@ -266,8 +266,8 @@ def test_every_structure_moves_to_another_dtype() -> None:
 
 
 def test_mnist_sweep_lowrank_baselines() -> None:
-    from torchkron.experiments.commands.sweep import Grid, grid_specs
-    from torchkron.experiments.models.variants import SEED_VARIANTS, build_mlp
+    from torchkron.experiments.mnist.sweep import Grid, grid_specs
+    from torchkron.experiments.mnist.variants import SEED_VARIANTS, build_mlp
 
     specs = grid_specs(Grid(factors=(), widths=(), lowrank_ranks=(1,)))
     assert {s.name: s.weights() for s in specs} == {
@@ -334,7 +334,7 @@ def tiny_study_plan(data: TextData, *, lrs: tuple[float, ...], extend: int) -> S
 
 @pytest.mark.slow
 def test_jobs_2_waits_for_the_sweep_and_uses_its_best_lr(text_dir: Path, tmp_path: Path) -> None:
-    from torchkron.experiments.training.lm_runner import LMProgress, best_lr, run_plan
+    from torchkron.experiments.lm.runner import LMProgress, best_lr, run_plan
 
     data = load_text(text_dir, download=False, check_md5=False)
     plan = tiny_study_plan(data, lrs=(1e-3, 3e-2), extend=0)
@@ -350,7 +350,7 @@ def test_jobs_2_waits_for_the_sweep_and_uses_its_best_lr(text_dir: Path, tmp_pat
 
 
 def test_next_sweep_lr_extends_past_an_end_only() -> None:
-    from torchkron.experiments.training.lm_runner import next_sweep_lr
+    from torchkron.experiments.lm.runner import next_sweep_lr
 
     def rec(lr: float, loss: float | None) -> dict[str, object]:
         if loss is None:
@@ -371,7 +371,7 @@ def test_next_sweep_lr_extends_past_an_end_only() -> None:
 
 
 def test_sweep_extends_the_grid_then_trains_at_the_best(text_dir: Path, tmp_path: Path) -> None:
-    from torchkron.experiments.training.lm_runner import LMProgress, best_lr, run_plan
+    from torchkron.experiments.lm.runner import LMProgress, best_lr, run_plan
 
     data = load_text(text_dir, download=False, check_md5=False)
     plan = tiny_study_plan(data, lrs=(1e-4, 2e-4), extend=2)

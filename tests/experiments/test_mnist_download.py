@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
+from torchkron.experiments.common.errors import DataError
 from torchkron.experiments.data import mnist
 from torchkron.experiments.data.mnist import FILES, download_mnist, load_mnist
-from torchkron.experiments.errors import DataError
 
 if TYPE_CHECKING:
     from .conftest import FileServer

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from torchkron.experiments.common.errors import DataError
 from torchkron.experiments.data.idx import write_idx
 from torchkron.experiments.data.mnist import FILES, default_data_dir, find_files, load_mnist
-from torchkron.experiments.errors import DataError
 
 if TYPE_CHECKING:
     from .conftest import Arrays, MakeDataset

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from torchkron.cli import main
+from torchkron.experiments.cli import main
 from torchkron.experiments.commands.plan import (
     _balanced,
     _row,

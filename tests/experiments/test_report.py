@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from tests.experiments.run_factory import make_record, write_finals, write_run
 
-from torchkron.experiments.commands.report import report_text, write_report
-from torchkron.experiments.errors import UserError
-from torchkron.experiments.reporting.findings import NOISE_FACTOR, findings, pooled_std
-from torchkron.experiments.reporting.plots import plot_curves
-from torchkron.experiments.reporting.summary import sample_std, summarize
-from torchkron.experiments.reporting.tables import results_markdown
-from torchkron.experiments.training.runs import load_runs
+from torchkron.experiments.common.errors import UserError
+from torchkron.experiments.common.runs import load_runs
+from torchkron.experiments.mnist.findings import NOISE_FACTOR, findings, pooled_std
+from torchkron.experiments.mnist.plots import plot_curves
+from torchkron.experiments.mnist.report import report_text, write_report
+from torchkron.experiments.mnist.summary import sample_std, summarize
+from torchkron.experiments.mnist.tables import results_markdown
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -333,8 +333,8 @@ def test_missing_runs_folder_is_a_user_error(tmp_path: Path) -> None:
 
 def test_report_modules_do_not_import_matplotlib() -> None:
     code = (
-        "import sys, torchkron, torchkron.experiments.commands.report,"
-        " torchkron.experiments.reporting.tables;"
+        "import sys, torchkron, torchkron.experiments.mnist.report,"
+        " torchkron.experiments.mnist.tables;"
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,8 +11,16 @@ import pytest
 from tests.experiments.run_factory import make_record
 from tests.experiments.synthetic import write_synthetic_mnist
 
-from torchkron.cli import main
-from torchkron.experiments.commands.sweep import (
+from torchkron.experiments.cli import main
+from torchkron.experiments.common.errors import UserError
+from torchkron.experiments.mnist.frontier import (
+    budget_levels,
+    frontier_markdown,
+    frontier_summary,
+    pareto_front,
+    plot_frontier,
+)
+from torchkron.experiments.mnist.sweep import (
     DEFAULT_RANKS,
     DEFAULT_WIDTHS,
     Grid,
@@ -20,15 +28,7 @@ from torchkron.experiments.commands.sweep import (
     grid_specs,
     kron_config,
 )
-from torchkron.experiments.errors import UserError
-from torchkron.experiments.models.variants import SEED_VARIANTS, MLPSpec
-from torchkron.experiments.reporting.frontier import (
-    budget_levels,
-    frontier_markdown,
-    frontier_summary,
-    pareto_front,
-    plot_frontier,
-)
+from torchkron.experiments.mnist.variants import SEED_VARIANTS, MLPSpec
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST = ["--epochs", "2", "--batch-size", "32", "--test-batch-size", "50", "--quiet"]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from torchkron import KronLinear
-from torchkron.experiments.errors import UserError
-from torchkron.experiments.models.variants import build_mlp, get_variant, reproduction_variants
+from torchkron.experiments.common.errors import UserError
+from torchkron.experiments.mnist.variants import build_mlp, get_variant, reproduction_variants
 
 EXPECTED = {
     "original": 496_250,

@@ -20,7 +20,7 @@ print(child.pid, flush=True)
 os._exit(0)  # die without stopping the child, as a SIGKILLed study would
 """
 CHILD = (
-    "from torchkron.experiments.training.workers import exit_with_parent; import time; "
+    "from torchkron.experiments.common.workers import exit_with_parent; import time; "
     "exit_with_parent(0.05, parent={parent}); time.sleep(60)"
 )
 
