@@ -20,7 +20,7 @@ from torchkron.experiments.cli import main
 from torchkron.experiments.common.lock import LOCK_FILE
 from torchkron.experiments.common.runs import load_run
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

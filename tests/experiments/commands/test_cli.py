@@ -203,7 +203,7 @@ def test_help_of_every_command(command, capsys):
 
 def _real_mnist() -> Path | None:
     env = os.environ.get("TORCHKRON_DATA")
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     for candidate in (Path(env) if env else None, root.parent / "shared" / "data" / "mnist"):
         if candidate is not None and candidate.is_dir():
             return candidate

@@ -22,7 +22,7 @@ from torchkron.experiments.mnist.summary import summarize
 from torchkron.experiments.mnist.tables import results_markdown
 from torchkron.experiments.mnist.trainer import EpochEvent
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FAST = ["--epochs", "2", "--batch-size", "32", "--test-batch-size", "50", "--jobs", "1"]
 VARIANTS = ["--variants", "one-kron-mat", "dense-h9", "--seeds", "2"]
 

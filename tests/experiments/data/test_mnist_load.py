@@ -18,7 +18,7 @@ from torchkron.experiments.data.mnist import FILES, default_data_dir, find_files
 if TYPE_CHECKING:
     from .conftest import Arrays, MakeDataset
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 # --- default_data_dir ----------------------------------------------------------------

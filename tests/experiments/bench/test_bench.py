@@ -15,7 +15,9 @@ import tempfile
 import pytest
 import torch
 
-from torchkron import _cost, cli
+from torchkron.experiments import cli
+from torchkron.experiments.bench import contenders, goals, report, suite
+from torchkron.experiments.bench import shapes as bench_shapes
 from torchkron.experiments.commands import bench
 from torchkron.experiments.common.errors import UserError
 
@@ -42,26 +44,26 @@ def _args(tmp_path, *extra: str) -> argparse.Namespace:
 
 
 def test_quick_suite_writes_json_and_markdown(tmp_path, capsys):
-    assert bench.main(_args(tmp_path, "--dtype", "float32,bfloat16")) == 0
+    assert bench.run(_args(tmp_path, "--dtype", "float32,bfloat16")) == 0
     json_path = tmp_path / "bench-cpu-quick.json"
     md_path = tmp_path / "bench-cpu-quick.md"
     assert json_path.exists()
     assert md_path.exists()
     doc = json.loads(json_path.read_text())
-    assert doc["schema"] == bench.SCHEMA
+    assert doc["schema"] == bench_shapes.SCHEMA
     env = doc["environment"]
     for key in ("torch", "threads", "git_sha", "processor", "device", "hostname"):
         assert key in env
     assert env["threads"] == 1
     assert doc["config"]["dtypes"] == ["float32", "bfloat16"]
     names = {s["name"] for s in doc["shapes"]}
-    assert names == {s.name for s in bench.QUICK_SHAPES}
+    assert names == {s.name for s in bench_shapes.QUICK_SHAPES}
     results = doc["results"]
     # Every (shape, dtype, mode, contender) appears exactly once.
     keys = [(r["shape"], r["dtype"], r["mode"], r["contender"]) for r in results]
     assert len(keys) == len(set(keys))
-    per_shape_dtype = sum(len(bench._modes(n)) for n in bench.contender_names())
-    assert len(keys) == len(bench.QUICK_SHAPES) * 2 * per_shape_dtype
+    per_shape_dtype = sum(len(bench_shapes.modes_of(n)) for n in contenders.contender_names())
+    assert len(keys) == len(bench_shapes.QUICK_SHAPES) * 2 * per_shape_dtype
     for r in results:
         assert r["status"] in ("ok", "skipped", "error")
         if r["status"] == "ok":
@@ -75,10 +77,10 @@ def test_quick_suite_writes_json_and_markdown(tmp_path, capsys):
         (r["shape"], r["dtype"], r["mode"], r["contender"]) for r in results if r["status"] == "ok"
     }
     for dtype in ("float32", "bfloat16"):
-        for mode in bench.MODES:
+        for mode in bench_shapes.MODES:
             assert ("quick-2f", dtype, mode, "KronLinear") in ok
             assert ("quick-2f", dtype, mode, "dense") in ok
-        for mode in bench.MODES[:2]:
+        for mode in bench_shapes.MODES[:2]:
             assert ("quick-2f", dtype, mode, "materialize") in ok
             assert ("quick-2f", dtype, mode, "torchkron:materialize") in ok
     # No contender computed a different function.
@@ -123,7 +125,7 @@ def test_shape_and_contender_selection(tmp_path):
         "--tag",
         "Smoke Test",
     )
-    assert bench.main(args) == 0
+    assert bench.run(args) == 0
     doc = json.loads((tmp_path / "bench-cpu-smoke-test-quick.json").read_text())
     assert {r["contender"] for r in doc["results"]} == {"dense", "KronLinear"}
     assert all("peak_step_bytes" not in r for r in doc["results"])
@@ -131,11 +133,11 @@ def test_shape_and_contender_selection(tmp_path):
 
 def test_bad_options_name_the_problem(tmp_path):
     with pytest.raises(UserError, match="unknown shapes"):
-        bench.main(_args(tmp_path, "--shapes", "nope"))
+        bench.run(_args(tmp_path, "--shapes", "nope"))
     with pytest.raises(UserError, match="unknown dtype"):
-        bench.main(_args(tmp_path, "--dtype", "float8"))
+        bench.run(_args(tmp_path, "--dtype", "float8"))
     with pytest.raises(UserError, match="unknown contenders"):
-        bench.main(_args(tmp_path, "--contenders", "nope"))
+        bench.run(_args(tmp_path, "--contenders", "nope"))
 
 
 @pytest.mark.parametrize("threads", ["-1", "0"])
@@ -185,31 +187,37 @@ def test_quick_run_without_out_never_writes_committed_results(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)  # a stray benchmarks/results/ would appear here
     args = _args(tmp_path, "--shapes", "quick-2f", "--contenders", "dense", "--no-memory")
     args.out = None
-    assert bench.main(args) == 0
+    assert bench.run(args) == 0
     assert (tmp_path / "torchkron-bench" / "bench-cpu-quick.json").is_file()
     assert not (tmp_path / "benchmarks").exists()
-    assert bench.default_out() == tmp_path / "torchkron-bench"
+    assert report.default_out() == tmp_path / "torchkron-bench"
 
 
-def test_calibrate_writes_constants_the_library_reads(tmp_path):
+def test_calibrate_writes_constants_the_library_reads(tmp_path, monkeypatch):
+    from torchkron.functional import calibrate
+
     path = tmp_path / "cal.json"
     args = _args(tmp_path, "--calibrate", "--calibration-file", str(path))
-    assert bench.main(args) == 0
+    assert bench.run(args) == 0
     doc = json.loads(path.read_text())
     cpu = doc["devices"]["cpu"]
-    for key in _cost.KEYS:
+    for key in ("peak_flops", "d_half", "bandwidth", "launch_s", "onednn_speedup"):
         assert cpu[key] > 0
+    # The library reads the file named by $TORCHKRON_CALIBRATION (its default path).
+    monkeypatch.setenv("TORCHKRON_CALIBRATION", str(path))
     try:
-        _cost.set_calibration(path)
-        assert _cost.calibration("cpu")["peak_flops"] == cpu["peak_flops"]
+        calibrate.reload()
+        assert calibrate.default_path() == path
+        assert calibrate.constants("cpu")["peak_flops"] == cpu["peak_flops"]
     finally:
-        _cost.set_calibration(None)
+        monkeypatch.delenv("TORCHKRON_CALIBRATION")
+        calibrate.reload()
 
 
 def test_rank_and_gpu_shapes_are_listed():
-    names = {s.name for s in bench.ALL_SHAPES}
+    names = {s.name for s in bench_shapes.ALL_SHAPES}
     assert {"768-3072-r1-b1024", "768-3072-r4-b1024", "768-3072-r16-b1024"} <= names
-    gpu = {(s.batch, s.name.rsplit("-b", 1)[0]) for s in bench.GPU_SHAPES}
+    gpu = {(s.batch, s.name.rsplit("-b", 1)[0]) for s in bench_shapes.GPU_SHAPES}
     assert {(8192, "4096"), (16384, "4096"), (16384, "768-3072-r4")} <= gpu
 
 
@@ -220,7 +228,7 @@ def test_module_entry_point_lists_shapes():
         text=True,
         check=True,
     ).stdout
-    for shape in bench.DEFAULT_SHAPES:
+    for shape in bench_shapes.DEFAULT_SHAPES:
         assert shape.name in out
     assert "65536-b64" in out
     assert "(no dense)" in out
@@ -256,9 +264,9 @@ def test_auto_goal_judges_the_choice_apart_from_the_layers_timing(
         _row("torchkron:materialize", 2.0),
         _row("KronLinear", kron_s, auto_impl=pick, ratio_vs_best=1.0 / kron_s),
     ]
-    goals = {g["goal"]: g for g in bench._goals(results)}
-    layer = goals["auto (KronLinear) within 10% of the faster of bmm and materialize"]
-    choice = goals["auto's pick within 10% of the faster of bmm and materialize (their times)"]
+    found = {g["goal"]: g for g in goals.evaluate_goals(results)}
+    layer = found["auto (KronLinear) within 10% of the faster of bmm and materialize"]
+    choice = found["auto's pick within 10% of the faster of bmm and materialize (their times)"]
     assert layer["met"] is met_layer
     assert choice["met"] is met_pick
     assert choice["value"] == pytest.approx(1.0 if pick == "bmm" else 0.5)
@@ -267,18 +275,18 @@ def test_auto_goal_judges_the_choice_apart_from_the_layers_timing(
 @pytest.mark.parametrize("name", ["dense", "dense:onednn", "materialize", "torchkron:materialize"])
 def test_contenders_holding_w_are_skipped_where_w_would_not_fit(name):
     # 65536 -> 65536: W alone would take 16 GiB (a run once died of it, out of memory).
-    shape = next(s for s in bench.ALL_SHAPES if not s.dense)
+    shape = next(s for s in bench_shapes.ALL_SHAPES if not s.dense)
     factors = [torch.randn(shape.rank, o, n) for o, n in shape.factors]
     bias = torch.zeros(shape.out_features)
-    with pytest.raises(bench.Skip, match=r"the dense W alone would take 16\.0 GiB"):
-        bench._build_contender(name, shape, factors, bias, torch.float32, torch.device("cpu"))
+    with pytest.raises(contenders.Skip, match=r"the dense W alone would take 16\.0 GiB"):
+        contenders.build_contender(name, shape, factors, bias, torch.float32, torch.device("cpu"))
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    shapes = [s.name for s in bench.QUICK_SHAPES]
+    shapes = [s.name for s in bench_shapes.QUICK_SHAPES]
     assert len(shapes) >= 2
     args = [*("--contenders", "dense,KronLinear", "--shapes", ",".join(shapes), "--no-memory")]
-    real = bench._bench_shape
+    real = suite.bench_shape
     ran: list[str] = []
     killed: list[bool] = []
 
@@ -289,15 +297,15 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
         ran.append(shape.name)
         return real(shape, dtype, cfg, log)
 
-    monkeypatch.setattr(bench, "_bench_shape", interrupted)
+    monkeypatch.setattr(suite, "bench_shape", interrupted)
     with pytest.raises(RuntimeError, match="killed"):
-        bench.main(_args(tmp_path, *args))
+        bench.run(_args(tmp_path, *args))
     checkpoint = tmp_path / ".bench-cpu-quick.partial.json"
     assert json.loads(checkpoint.read_text())["done"] == [["float32", shapes[0]]]
     assert not (tmp_path / "bench-cpu-quick.json").exists()
 
     ran.clear()
-    assert bench.main(_args(tmp_path, *args, "--resume")) == 0
+    assert bench.run(_args(tmp_path, *args, "--resume")) == 0
     assert ran == shapes[1:]  # the first shape is not timed again
     doc = json.loads((tmp_path / "bench-cpu-quick.json").read_text())
     in_order = list(dict.fromkeys(r["shape"] for r in doc["results"]))
@@ -308,9 +316,9 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
 def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path, capsys):
     checkpoint = tmp_path / ".bench-cpu-quick.partial.json"
     checkpoint.write_text(json.dumps({"key": {"config": "other"}, "done": [], "results": []}))
-    shape = bench.QUICK_SHAPES[0].name
+    shape = bench_shapes.QUICK_SHAPES[0].name
     args = ["--contenders", "dense", "--shapes", shape, "--no-memory", "--resume"]
-    assert bench.main(_args(tmp_path, *args)) == 0
+    assert bench.run(_args(tmp_path, *args)) == 0
     assert "from another configuration or commit; starting over" in capsys.readouterr().out
     doc = json.loads((tmp_path / "bench-cpu-quick.json").read_text())
     assert {r["shape"] for r in doc["results"]} == {shape}
