@@ -14,13 +14,12 @@ from tests.experiments.synthetic import write_synthetic_mnist
 
 from torchkron.experiments.cli import main
 from torchkron.experiments.common.environment import git_sha
-from torchkron.experiments.common.progress import Progress
+from torchkron.experiments.common.progress import EpochEvent, Progress
 from torchkron.experiments.common.runs import load_complete_runs
 from torchkron.experiments.mnist.compare import compare_summaries, comparison_markdown
 from torchkron.experiments.mnist.report import load_sessions, reproduction_session
 from torchkron.experiments.mnist.summary import summarize
 from torchkron.experiments.mnist.tables import results_markdown
-from torchkron.experiments.mnist.trainer import EpochEvent
 
 ROOT = Path(__file__).resolve().parents[3]
 FAST = ["--epochs", "2", "--batch-size", "32", "--test-batch-size", "50", "--jobs", "1"]

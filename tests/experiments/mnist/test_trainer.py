@@ -10,11 +10,12 @@ from tests.experiments.synthetic import write_synthetic_mnist
 
 from torchkron.experiments.common.checkpoints import RunPaths
 from torchkron.experiments.common.errors import UserError
+from torchkron.experiments.common.progress import EpochEvent
 from torchkron.experiments.common.runs import load_run
 from torchkron.experiments.data.mnist import load_mnist
 from torchkron.experiments.mnist.config import TrainConfig
 from torchkron.experiments.mnist.optim import FlatAdadelta
-from torchkron.experiments.mnist.trainer import EpochEvent, prepare_data, train_run
+from torchkron.experiments.mnist.trainer import prepare_data, train_run
 from torchkron.experiments.mnist.variants import build_mlp, get_variant
 
 CONFIG = TrainConfig(epochs=3, batch_size=32, test_batch_size=50)

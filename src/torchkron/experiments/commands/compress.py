@@ -111,7 +111,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchkron.experiments.reporting.compress_report import compress_text, write_compress_report
+    from torchkron.experiments.mnist.compress_report import compress_text, write_compress_report
 
     if args.report_only:
         from torchkron.experiments.mnist.report_files import rewrite_report

@@ -5,13 +5,28 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from torchkron.experiments.common.files import write_error
-from torchkron.experiments.mnist.trainer import EpochEvent
 
-__all__ = ["Progress", "format_duration"]
+__all__ = ["EpochEvent", "Progress", "format_duration"]
+
+
+@dataclass(frozen=True)
+class EpochEvent:
+    """Progress of one run after one epoch (sent to the progress printer)."""
+
+    variant: str
+    seed: int
+    epoch: int
+    epochs: int
+    train_loss: float
+    test_loss: float
+    test_accuracy: float
+    seconds: float
+    resumed_from: int = 0
 
 
 def format_duration(seconds: float) -> str:

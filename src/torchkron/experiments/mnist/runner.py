@@ -26,12 +26,12 @@ from typing import Any
 from torchkron.experiments.common.checkpoints import RunPaths
 from torchkron.experiments.common.errors import DataError, UserError
 from torchkron.experiments.common.lock import FolderLock
-from torchkron.experiments.common.progress import Progress
+from torchkron.experiments.common.progress import EpochEvent, Progress
 from torchkron.experiments.common.runs import RunRecord, load_run
 from torchkron.experiments.common.workers import exit_with_parent
 from torchkron.experiments.data.mnist import FILES, MnistData, find_files, load_mnist
 from torchkron.experiments.mnist.config import TrainConfig
-from torchkron.experiments.mnist.trainer import EpochEvent, Prepared, prepare_data, train_run
+from torchkron.experiments.mnist.trainer import Prepared, prepare_data, train_run
 from torchkron.experiments.mnist.variants import INPUT_FEATURES, NUM_CLASSES, MLPSpec
 
 __all__ = [

@@ -24,6 +24,7 @@ from torchkron.experiments.common.checkpoints import RunPaths, first_line, save_
 from torchkron.experiments.common.environment import environment, now_iso
 from torchkron.experiments.common.errors import UserError
 from torchkron.experiments.common.files import atomic_write_json, dumps_json
+from torchkron.experiments.common.progress import EpochEvent
 from torchkron.experiments.common.runs import (
     SCHEMA,
     RunRecord,
@@ -36,7 +37,6 @@ from torchkron.experiments.mnist.optim import FlatAdadelta
 from torchkron.experiments.mnist.variants import MLPSpec, build_mlp
 
 __all__ = [
-    "EpochEvent",
     "Prepared",
     "evaluate",
     "prepare_data",
@@ -76,21 +76,6 @@ def prepare_data(data: MnistData, config: TrainConfig) -> Prepared:
         norm(data.test_images, config.test_limit),
         lim(data.test_labels, config.test_limit),
     )
-
-
-@dataclass(frozen=True)
-class EpochEvent:
-    """Progress of one run after one epoch (sent to the progress printer)."""
-
-    variant: str
-    seed: int
-    epoch: int
-    epochs: int
-    train_loss: float
-    test_loss: float
-    test_accuracy: float
-    seconds: float
-    resumed_from: int = 0
 
 
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch: int) -> tuple[float, float]:
