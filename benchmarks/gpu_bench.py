@@ -394,7 +394,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     else:
         env["device_name"] = platform.processor() or platform.machine()
     with contextlib.suppress(Exception):
-        from torchkron.experiments.common.runs import git_sha
+        from torchkron.experiments.common.environment import git_sha
 
         env["git_sha"] = git_sha()
     return env

@@ -96,13 +96,13 @@ COMMANDS: tuple[Command, ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand in :data:`COMMANDS`."""
-    from torchkron import __version__
+    import torchkron
 
     parser = argparse.ArgumentParser(
         prog="torchkron",
         description="Kronecker-factored linear layers: experiments, benchmarks and tools.",
     )
-    parser.add_argument("--version", action="version", version=f"torchkron {__version__}")
+    parser.add_argument("--version", action="version", version=f"torchkron {torchkron.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         module = importlib.import_module(command.module)
