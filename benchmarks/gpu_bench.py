@@ -119,7 +119,7 @@ class _Factored(nn.Module):
         if self.how == "materialize":  # what LoKr layers do: build W, then one GEMM
             return F.linear(x, kron_weight(fs), self.bias)
         if self.how == "triton":
-            from torchkron._triton import kron_linear_triton
+            from torchkron.functional.impls.triton import kron_linear_triton
 
             return kron_linear_triton(x, fs, self.bias)
         return kron_linear(x, fs, self.bias, impl=self.how)
@@ -163,11 +163,11 @@ def build(name: str, shape: Shape, dtype: torch.dtype, device: torch.device) -> 
                 layer.bias.copy_(bias)
         return layer
     if name == "triton":
-        from torchkron import _triton
+        from torchkron.functional.impls import triton as _triton
 
         if not _triton.is_available():
             raise Skip("triton is not installed or sees no CUDA device")
-        reason = _triton.unsupported_reason(
+        reason = _triton.kernel_unsupported_reason(
             torch.empty(0, device=device, dtype=dtype), factors, bias
         )
         if reason is not None:
@@ -394,7 +394,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     else:
         env["device_name"] = platform.processor() or platform.machine()
     with contextlib.suppress(Exception):
-        from torchkron.experiments.training.runs import git_sha
+        from torchkron.experiments.common.environment import git_sha
 
         env["git_sha"] = git_sha()
     return env

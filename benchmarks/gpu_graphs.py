@@ -26,12 +26,9 @@ import torch.utils.benchmark as tbench
 from torch import Tensor, nn
 
 from torchkron import KronLinear
-from torchkron.experiments.commands.bench import (
-    DEFAULT_SHAPES,
-    BenchShape,
-    environment,
-    result_stem,
-)
+from torchkron.experiments.bench.report import result_stem
+from torchkron.experiments.bench.shapes import DEFAULT_SHAPES, BenchShape
+from torchkron.experiments.common.environment import environment
 
 
 def _layers(shape: BenchShape, dtype: torch.dtype, device: torch.device) -> dict[str, nn.Module]:
@@ -170,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = [getattr(torch, d) for d in args.dtype.split(",")]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = run(shapes, dtypes, args.min_run_time, args.rounds)
-    env = environment(device, torch.get_num_threads())
+    env = environment(device=device, threads=torch.get_num_threads())
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(0)
     doc = {"schema": 1, "environment": env, "results": rows}

@@ -3,7 +3,7 @@
     python benchmarks/harness.py [--threads 1] [--out benchmarks/results]
 
 Each variant's training step (batch 64: gather, forward, loss, backward, the flat
-Adadelta step, exactly as ``torchkron.experiments.training.trainer`` runs it) and its evaluation
+Adadelta step, exactly as ``torchkron.experiments.mnist.trainer`` runs it) and its evaluation
 pass over 10,000 test images (batch 1000) are timed with ``torch.utils.benchmark``
 (medians). ``steps/epoch x step + eval`` predicts the seconds per epoch; the file also
 reports the seconds per epoch and the wall time the last full reproduction recorded
@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 import torch.utils.benchmark as tbench
 
-from torchkron.experiments.commands.bench import environment
-from torchkron.experiments.models.variants import build_mlp, reproduction_variants
-from torchkron.experiments.training.optim import FlatAdadelta
-from torchkron.experiments.training.trainer import evaluate
+from torchkron.experiments.common.environment import environment
+from torchkron.experiments.mnist.optim import FlatAdadelta
+from torchkron.experiments.mnist.trainer import evaluate
+from torchkron.experiments.mnist.variants import build_mlp, reproduction_variants
 
 TRAIN, TEST, BATCH, TEST_BATCH = 60_000, 10_000, 64, 1000
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-1], flush=True)
     doc: dict[str, Any] = {
         "schema": 1,
-        "environment": environment(torch.device("cpu"), args.threads),
+        "environment": environment(device=torch.device("cpu"), threads=args.threads),
         "threads": args.threads,
         "workers": args.workers,
         "results": rows,

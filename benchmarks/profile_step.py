@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from torchkron.experiments.models.variants import build_mlp, get_variant
-from torchkron.experiments.training.optim import FlatAdadelta
+from torchkron.experiments.mnist.optim import FlatAdadelta
+from torchkron.experiments.mnist.variants import build_mlp, get_variant
 
 STEPS = 300
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.utils.benchmark as tb
 
-from torchkron.experiments.training.runs import cpu_name
+from torchkron.experiments.common.environment import cpu_name
 from torchkron.functional import _plan
 
 # (label, out factors, in factors, rank, batch): the benchmark shapes with two factors.

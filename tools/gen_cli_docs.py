@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def build_parser() -> argparse.ArgumentParser:
     """The ``torchkron`` parser, as the console script builds it."""
     sys.path.insert(0, str(ROOT / "src"))
-    from torchkron.cli import _build_parser
+    from torchkron.experiments.cli import build_parser as _build
 
-    return _build_parser()
+    return _build()
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -85,7 +85,7 @@ def plan_examples() -> str:
     import sys
 
     sys.path.insert(0, str(ROOT / "src"))
-    from torchkron.cli import main
+    from torchkron.experiments.cli import main
 
     lines = ["```console"]
     for args in PLAN_EXAMPLES:

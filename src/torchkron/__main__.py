@@ -1,7 +1,5 @@
-"""``python -m torchkron``: the command line."""
+"""``python -m torchkron``: the command line (the library's one door into the harness)."""
 
-import sys
+from torchkron.experiments.cli import main
 
-from torchkron.cli import main
-
-sys.exit(main())
+raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Fabricated run records with chosen per-epoch numbers, for the report tests.
 
-Records follow the schema of :mod:`torchkron.experiments.training.runs` and are written with its
+Records follow the schema of :mod:`torchkron.experiments.common.runs` and are written with its
 atomic helpers, so the report code reads them exactly as it reads real runs.
 """
 
@@ -10,9 +10,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torchkron.experiments.models.variants import MLPSpec, get_variant
-from torchkron.experiments.training.runs import SCHEMA, atomic_write_json, run_filename
-from torchkron.experiments.training.trainer import spec_fields
+from torchkron.experiments.common.files import atomic_write_json
+from torchkron.experiments.common.runs import SCHEMA, run_filename
+from torchkron.experiments.mnist.trainer import spec_fields
+from torchkron.experiments.mnist.variants import MLPSpec, get_variant
 
 #: A training recipe as ``TrainConfig.to_dict()`` writes it (``epochs`` set per record).
 BASE_CONFIG: dict[str, Any] = {

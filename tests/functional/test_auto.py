@@ -10,10 +10,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.functional.memory import saved_tensor_bytes
 from tests.reference import random_factors, reference_weight
 
 from torchkron import KronLinear, functional
+from torchkron.experiments.bench.timing import saved_tensor_bytes
 from torchkron.functional import IMPLS, _calibration, _weight, calibrate, choose_impl, kron_linear
 from torchkron.functional.impls import fastkron as fastkron_impl
 from torchkron.functional.impls import triton as triton_impl
@@ -185,7 +185,7 @@ def test_cache_reused_while_unchanged_and_invalidated_by_updates():
 def test_cache_sees_writes_that_bypass_version_counters():
     # FlatAdadelta re-points every parameter's .data at a view of one flat buffer and
     # updates the buffer: the parameters' version counters never move.
-    from torchkron.experiments.training.optim import FlatAdadelta
+    from torchkron.experiments.mnist.optim import FlatAdadelta
 
     torch.manual_seed(1)
     layer = KronLinear(12, 10, shapes=[(2, 3), (5, 4)], rank=2)

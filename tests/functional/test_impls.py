@@ -11,10 +11,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.functional.memory import cpu_memory_events, replayed_peak_bytes
 from tests.reference import random_factors, reference_weight
 
 from torchkron import KronLinear
+from torchkron.experiments.bench.timing import cpu_memory_events, replayed_peak_bytes
 from torchkron.functional import IMPLS, _calibration, calibrate, choose_impl, kron_linear
 from torchkron.functional._plan import GROUP_MAX_SIZE, chain_plan_cached, group_sizes
 from torchkron.functional.impls import fastkron as fastkron_impl

@@ -1,4 +1,5 @@
-"""Experiment harness: MNIST data, training, reproduction, sweeps, reports.
+"""Experiment harness: the ``torchkron`` command line and the studies behind it.
 
-Not imported by ``import torchkron``; the CLI imports it on demand.
+Not imported by ``import torchkron``; ``python -m torchkron`` and the console script reach
+it through :mod:`torchkron.experiments.cli`. It uses public library names only.
 """

@@ -90,7 +90,7 @@ def clear_weight_cache() -> None:
     counter (moved by optimizer steps, ``copy_``, ``load_state_dict``) and layout, *and*
     equal values to a snapshot taken when ``W`` was built: writes that bypass version
     counters (through ``tensor.data``, or into a flat buffer the parameters are views
-    of, as ``torchkron.experiments.training.optim.FlatAdadelta`` does) are caught by the
+    of, as ``torchkron.experiments.mnist.optim.FlatAdadelta`` does) are caught by the
     comparison, which costs one pass over the (small) factors per call.
     """
     WEIGHT_CACHE.clear()

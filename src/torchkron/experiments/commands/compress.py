@@ -1,436 +1,32 @@
-"""``torchkron compress``: convert a trained dense MLP to Kronecker layers, then fine-tune.
-
-For each rank ``R`` the dense model's Linear layers are replaced by
-``kronify(..., from_dense=True)`` (the nearest sum of ``R`` Kronecker products, balanced
-``k``-factor shapes) and the converted net is evaluated; then it is fine-tuned for
-``--epochs`` with the recipe. The same Kronecker architecture is also trained from scratch
-on the full recipe (reusing matching sweep runs), so the report can compare, at equal
-weight counts: (a) converted only, (b) converted + fine-tuned, (c) trained from scratch.
-
-Outputs in ``OUT``: ``runs/finetune-k2-r4-all--seed0.json`` (run records whose
-``extra.compress`` holds the approximation error per layer and the accuracy of the dense
-and the converted net), ``runs/scratch-k2-r4-all--seed<k>.json``, ``compress.json``,
-``compress.md``, ``compress.png`` (:mod:`torchkron.experiments.reporting.compress_report`) and
-``compress.log``.
-"""
+"""``torchkron compress``: the arguments of :mod:`torchkron.experiments.mnist.compress`."""
 
 from __future__ import annotations
 
 import argparse
-import copy
-import hashlib
-import io
-import pickle
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-from torch import Tensor, nn
-
-from torchkron.cli import (
-    _positive_float,
-    _positive_int,
+from torchkron.experiments.common.errors import UserError
+from torchkron.experiments.mnist.compress import (
+    DEFAULT_CHECKPOINT,
+    DEFAULT_RANKS,
+    FINETUNE_EPOCHS,
+    FINETUNE_LR,
+    LAYERS,
+    run_compress,
+)
+from torchkron.experiments.mnist.config import TrainConfig
+from torchkron.experiments.options import (
     add_jobs_argument,
     add_recipe_arguments,
     add_run_arguments,
     config_from,
+    positive_float,
+    positive_int,
     run_options,
 )
-from torchkron.experiments.commands._reports import finish_report, rewrite_report
-from torchkron.experiments.errors import UserError
-from torchkron.experiments.models.variants import LayerSpec, MLPSpec, build_mlp
-from torchkron.experiments.training.config import TrainConfig
-from torchkron.experiments.training.runner import RunOptions
-from torchkron.experiments.training.runs import RunRecord, atomic_write_json, load_run
-from torchkron.surgery import KronifyReport, kronify
 
-__all__ = [
-    "DEFAULT_CHECKPOINT",
-    "DEFAULT_RANKS",
-    "FINETUNE_EPOCHS",
-    "FINETUNE_LR",
-    "LAYERS",
-    "Source",
-    "arm_name",
-    "convert",
-    "converted_spec",
-    "load_source",
-    "register",
-    "run_compress",
-]
+__all__ = ["add_arguments", "run"]
 
-DEFAULT_CHECKPOINT = Path("runs/mnist/models/original--seed0.pt")
-DEFAULT_RANKS = tuple(range(1, 17))
-LAYERS = ("hidden", "output")
-FINETUNE_EPOCHS = 5
-#: Adadelta lr for fine-tuning; see the --lr help for why it is below the recipe's 1.0.
-FINETUNE_LR = 0.1
-LOG_FILE = "compress.log"
-FINETUNE_SEED = 0
-
-
-@dataclass(frozen=True)
-class Source:
-    """A trained dense MLP checkpoint, validated."""
-
-    path: Path
-    spec: MLPSpec
-    state_dict: dict[str, Tensor]
-    sha256: str
-    record: RunRecord | None  # the run record saved beside it (../runs/<stem>.json), if any
-
-    def info(self) -> dict[str, Any]:
-        """What the run records keep about the source."""
-        config = self.record.get("config") if self.record else None
-        return {
-            "checkpoint": str(self.path),
-            "sha256": self.sha256,
-            "variant": self.spec.name,
-            "weights": self.spec.weights(),
-            "seed": self.record.get("seed") if self.record else None,
-            "epochs": config.get("epochs") if config else None,
-            "config": config,
-        }
-
-
-def _layer_from_dict(data: Any) -> LayerSpec:
-    shapes = data.get("shapes")
-    return LayerSpec(
-        int(data["in_features"]),
-        int(data["out_features"]),
-        None if shapes is None else tuple((int(o), int(n)) for o, n in shapes),
-        int(data.get("rank", 1)),
-        bool(data.get("tied", False)),
-    )
-
-
-def _spec_from_dict(data: Any) -> MLPSpec:
-    return MLPSpec(
-        str(data["name"]),
-        str(data.get("description", "")),
-        _layer_from_dict(data["hidden"]),
-        _layer_from_dict(data["output"]),
-        family=str(data.get("family", "custom")),
-        order=int(data.get("order", 1000)),
-    )
-
-
-def load_source(path: Path) -> Source:
-    """Read and check a dense model checkpoint (``{"spec", "state_dict"}``).
-
-    Raises:
-        UserError: the file is missing, unreadable, not a torchkron model, not dense, or
-            its weights do not fit its spec; the message says how to fix it.
-    """
-    if not path.is_file():
-        raise UserError(
-            f"No model checkpoint at {path}. Train the dense model first with `torchkron "
-            "reproduce --variants original` (it saves runs/mnist/models/"
-            "original--seed0.pt), or pass --checkpoint with a dense model's .pt file."
-        )
-    data = path.read_bytes()
-    try:
-        saved = torch.load(io.BytesIO(data), weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        raise UserError(
-            f"{path} cannot be loaded as a torch checkpoint ({type(exc).__name__}: {first}); "
-            "it is truncated or corrupt: retrain that run, or pass another --checkpoint."
-        ) from None
-    if not isinstance(saved, dict) or not {"spec", "state_dict"} <= set(saved):
-        raise UserError(
-            f"{path} is not a torchkron model file (expected a dict with 'spec' and "
-            "'state_dict', as OUT/models/<variant>--seed<k>.pt of reproduce or sweep)."
-        )
-    try:
-        spec = _spec_from_dict(saved["spec"])
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise UserError(f"{path} has an unreadable model spec ({exc!r}).") from None
-    kron = [n for n, layer in (("hidden", spec.hidden), ("output", spec.output)) if layer.shapes]
-    if kron:
-        raise UserError(
-            f"{path} holds {spec.name!r}, whose {' and '.join(kron)} layer is already "
-            "Kronecker; compress converts dense models: pass a dense run's checkpoint such "
-            "as runs/mnist/models/original--seed0.pt."
-        )
-    model = build_mlp(spec)
-    try:
-        model.load_state_dict(saved["state_dict"])
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0][:160]
-        raise UserError(
-            f"{path}: the saved weights do not fit its spec {spec.name!r} ({first}); the file "
-            "is damaged: retrain that run, or pass another --checkpoint."
-        ) from None
-    record_path = path.parent.parent / "runs" / f"{path.stem}.json"
-    record = None
-    if record_path.is_file():
-        try:
-            record = load_run(record_path)
-        except UserError:
-            record = None  # the run record only adds context; the model is what matters
-    return Source(path, spec, dict(model.state_dict()), hashlib.sha256(data).hexdigest(), record)
-
-
-def dense_model(source: Source) -> nn.Module:
-    """The source's model with its trained weights."""
-    model = build_mlp(source.spec)
-    model.load_state_dict(source.state_dict)
-    return model
-
-
-def convert(
-    model: nn.Module, *, layers: Sequence[str], factors: int, rank: int
-) -> tuple[nn.Module, KronifyReport]:
-    """A copy of ``model`` with ``layers`` replaced by their nearest rank-``rank``
-    ``factors``-factor Kronecker layers (balanced shapes); ``model`` is left unchanged."""
-    converted = copy.deepcopy(model)
-    return kronify(converted, target=list(layers), num_factors=factors, rank=rank, from_dense=True)
-
-
-def layers_tag(layers: Sequence[str]) -> str:
-    """``all`` for both layers, else the one layer's name."""
-    chosen = [name for name in LAYERS if name in layers]
-    return "all" if chosen == list(LAYERS) else "-".join(chosen)
-
-
-def arm_name(arm: str, factors: int, rank: int, layers: Sequence[str]) -> str:
-    """A compress run's variant id, e.g. ``finetune-k2-r4-all``."""
-    return f"{arm}-k{factors}-r{rank}-{layers_tag(layers)}"
-
-
-def converted_spec(
-    source: MLPSpec,
-    report: KronifyReport,
-    *,
-    arm: str,
-    factors: int,
-    rank: int,
-    layers: Sequence[str],
-    extra: dict[str, Any],
-) -> MLPSpec:
-    """The spec of the converted architecture (layers that were skipped stay dense)."""
-    replaced = {r.name: r for r in report.replaced}
-
-    def layer(name: str, dense: LayerSpec) -> LayerSpec:
-        r = replaced.get(name)
-        if r is None:
-            return dense
-        return LayerSpec(dense.in_features, dense.out_features, tuple(r.shapes), rank=r.rank)
-
-    hidden, output = layer("hidden", source.hidden), layer("output", source.output)
-    what = "converted from" if arm == "finetune" else "trained from scratch, as"
-    return MLPSpec(
-        arm_name(arm, factors, rank, layers),
-        f"{what} {source.name}: input-hidden = {hidden.describe()}, "
-        f"hidden-output = {output.describe()}",
-        hidden,
-        output,
-        family=f"compress-{arm}",
-        order=rank + (0 if arm == "finetune" else 100),
-        extra=extra,
-    )
-
-
-def _conversion_info(
-    report: KronifyReport, dense_eval: tuple[float, float], converted_eval: tuple[float, float]
-) -> dict[str, Any]:
-    return {
-        "approximation_error": {r.name: r.approximation_error for r in report.replaced},
-        "shapes": {r.name: [list(s) for s in r.shapes] for r in report.replaced},
-        "skipped": {r.name: r.reason for r in report.skipped},
-        "dense": {"test_loss": dense_eval[0], "test_accuracy": dense_eval[1]},
-        "converted": {"test_loss": converted_eval[0], "test_accuracy": converted_eval[1]},
-    }
-
-
-def _loader(state: dict[str, Tensor]) -> Callable[[nn.Module], None]:
-    """A ``train_run`` model hook that loads the converted weights into the fresh model."""
-
-    def load(model: nn.Module) -> None:
-        model.load_state_dict(state)
-
-    return load
-
-
-def _same_layers(record: RunRecord, spec: MLPSpec) -> bool:
-    mine = spec.to_dict()
-    theirs = record.get("spec") or {}
-    return bool(theirs.get("hidden") == mine["hidden"] and theirs.get("output") == mine["output"])
-
-
-def _check_matches(path: Path, spec: MLPSpec, source: Source) -> None:
-    """An existing run of this id must be of the same architecture and source model."""
-    if not path.exists():
-        return
-    record = load_run(path)
-    block = (record.get("extra") or {}).get("compress") or {}
-    sha = (block.get("source") or {}).get("sha256")
-    if not _same_layers(record, spec) or (block.get("arm") == "finetune" and sha != source.sha256):
-        raise UserError(
-            f"{path} was made from another checkpoint or architecture than this command's "
-            f"({source.path}); use another --out folder, or delete that run to redo it."
-        )
-
-
-def _reuse_scratch(
-    specs: Sequence[MLPSpec], seeds: int, config: TrainConfig, out_dir: Path, reuse: Path | None
-) -> list[str]:
-    """Copy finished sweep runs of the same architecture, seed and recipe into ``out_dir``
-    as scratch runs, so they are not trained twice; returns the copied file names."""
-    from torchkron.experiments.training.trainer import RunPaths, spec_fields
-
-    runs_dir = None if reuse is None else reuse / "runs"
-    if runs_dir is None or not runs_dir.is_dir():
-        return []
-    found: list[tuple[Path, RunRecord]] = []
-    for path in sorted(runs_dir.glob("*.json")):
-        try:
-            record = load_run(path)
-        except UserError:
-            continue  # a broken sweep file is the sweep's business; train instead
-        if record.get("complete"):
-            found.append((path, record))
-    copied = []
-    for spec in specs:
-        for seed in range(seeds):
-            target = RunPaths.under(out_dir, spec.name, seed).record
-            if target.exists():
-                continue
-            for path, record in found:
-                saved = TrainConfig.from_dict(record["config"]).with_(threads=config.threads)
-                if record["seed"] == seed and saved == config and _same_layers(record, spec):
-                    block = dict(spec.extra.get("compress", {}), reused_from=str(path))
-                    atomic_write_json(
-                        target,
-                        {
-                            **record,
-                            **spec_fields(spec),
-                            "extra": {**spec.extra, "compress": block},
-                        },
-                    )
-                    copied.append(target.name)
-                    break
-    return copied
-
-
-def run_compress(
-    *,
-    checkpoint: Path,
-    ranks: Sequence[int],
-    factors: int,
-    layers: Sequence[str],
-    config: TrainConfig,
-    scratch_config: TrainConfig | None,
-    scratch_seeds: int,
-    reuse_from: Path | None,
-    options: RunOptions,
-) -> Path:
-    """Convert, evaluate and fine-tune at every rank, train the scratch arm, write the
-    report; returns the path of ``compress.md``."""
-    from torchkron.experiments.reporting.compress_report import compress_text, write_compress_report
-    from torchkron.experiments.training.runner import Job, open_session, run_jobs, track
-    from torchkron.experiments.training.trainer import RunPaths, evaluate, prepare_data, train_run
-
-    if config.threads:
-        # The recipe's thread count from the start: the SVDs of the conversion are slowed
-        # badly by oversubscribed threads on a busy machine.
-        torch.set_num_threads(config.threads)
-    source = load_source(checkpoint)
-    dense = dense_model(source)
-    conversions = {r: convert(dense, layers=layers, factors=factors, rank=r) for r in ranks}
-    first = conversions[ranks[0]][1]
-    if not first.replaced:
-        reasons = "; ".join(f"{r.name}: {r.reason}" for r in first.skipped)
-        raise UserError(f"No layer of {source.spec.name} can be converted: {reasons}")
-    common = {"factors": factors, "layers": list(layers), "source": source.info()}
-
-    def spec_for(rank: int, arm: str, extra: dict[str, Any]) -> MLPSpec:
-        block = {"arm": arm, "rank": rank, **common, **extra}
-        return converted_spec(
-            source.spec,
-            conversions[rank][1],
-            arm=arm,
-            factors=factors,
-            rank=rank,
-            layers=layers,
-            extra={"compress": block},
-        )
-
-    scratch = [spec_for(r, "scratch", {"reused_from": None}) for r in ranks]
-    finetune_jobs = [Job(spec_for(r, "finetune", {}), FINETUNE_SEED) for r in ranks]
-    scratch_jobs = [Job(s, seed) for s in scratch for seed in range(scratch_seeds)]
-    if scratch_config is None:
-        scratch_jobs = []
-    out_dir, command = options.out_dir, options.command
-    for job in finetune_jobs + scratch_jobs:
-        _check_matches(RunPaths.under(out_dir, job.spec.name, job.seed).record, job.spec, source)
-    with open_session(finetune_jobs + scratch_jobs, options, LOG_FILE) as (progress, mnist):
-        if scratch_config is not None:
-            reused = _reuse_scratch(scratch, scratch_seeds, scratch_config, out_dir, reuse_from)
-            if reused:
-                progress.message(f"reused {len(reused)} finished run(s) from {reuse_from}")
-        track(progress, finetune_jobs, out_dir, config.epochs)
-        if scratch_config is not None:
-            track(progress, scratch_jobs, out_dir, scratch_config.epochs)
-        data = prepare_data(mnist, config)
-        start = time.perf_counter()
-        dense.eval()
-        dense_eval = evaluate(dense, data.test_x, data.test_y, config.test_batch_size)
-        progress.message(
-            f"source {source.path}: {source.spec.name}, {source.spec.weights():,} weights, test "
-            f"accuracy {dense_eval[1]:.2f}%"
-        )
-        for job in finetune_jobs:
-            rank = int(job.spec.extra["compress"]["rank"])
-            model, report = conversions[rank]
-            model.eval()
-            # The metric of the training history (trainer.evaluate), so (a) and (b) compare.
-            converted_eval = evaluate(model, data.test_x, data.test_y, config.test_batch_size)
-            info = _conversion_info(report, dense_eval, converted_eval)
-            spec = spec_for(rank, "finetune", info)
-            errors = ", ".join(f"{k} {v:.4f}" for k, v in info["approximation_error"].items())
-            progress.message(
-                f"rank {rank}: {spec.weights():,} weights, approximation error {errors}; "
-                f"test accuracy after conversion {converted_eval[1]:.2f}%"
-            )
-            state = model.state_dict()
-            train_run(
-                spec,
-                job.seed,
-                config,
-                data,
-                RunPaths.under(out_dir, spec.name, job.seed),
-                command=command,
-                on_epoch=progress.epoch,
-                model_hook=_loader(state),
-            )
-        if scratch_config is not None and scratch_jobs:
-            # The fine-tune's prepared tensors serve the scratch arm too (same data config).
-            same_data = scratch_config.train_limit == config.train_limit
-            run_jobs(
-                scratch_jobs,
-                scratch_config,
-                options,
-                mnist,
-                progress=progress,
-                data=data if same_data and scratch_config.test_limit == config.test_limit else None,
-            )
-        return finish_report(
-            progress,
-            start,
-            "report",
-            write_compress_report,
-            compress_text,
-            out_dir=out_dir,
-            plots=options.plots,
-        )
-
-
-# --- command line ------------------------------------------------------------------------
 
 _LR_HELP = (
     "Adadelta learning rate of the fine-tuning (default %(default)s, not the recipe's 1.0: "
@@ -440,46 +36,7 @@ _LR_HELP = (
 )
 
 
-def _cmd_compress(args: argparse.Namespace) -> int:
-    from torchkron.experiments.reporting.compress_report import compress_text, write_compress_report
-
-    if args.report_only:
-        return rewrite_report(args, write_compress_report, compress_text)
-    if args.factors < 2:
-        raise UserError(
-            f"--factors must be 2 or more (1 factor is the dense layer), got {args.factors}."
-        )
-    config = config_from(args)
-    scratch = None
-    if not args.no_scratch:
-        scratch = config.with_(epochs=args.scratch_epochs, lr=args.scratch_lr)
-    markdown = run_compress(
-        checkpoint=args.checkpoint,
-        ranks=sorted(set(args.ranks)),
-        factors=args.factors,
-        layers=[name for name in LAYERS if name in args.layers],
-        config=config,
-        scratch_config=scratch,
-        scratch_seeds=args.scratch_seeds,
-        reuse_from=args.reuse_from,
-        options=run_options(args),
-    )
-    print(f"report: {markdown}")
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    """Add ``torchkron compress``."""
-    p = subparsers.add_parser(
-        "compress",
-        help="convert a trained dense MLP to Kronecker layers, fine-tune, compare to scratch",
-        description="Replace the Linear layers of a trained dense MLP by their nearest "
-        "Kronecker layers (kronify with from_dense=True) at each rank, report the "
-        "approximation error per layer and the test accuracy right after conversion, "
-        "fine-tune for --epochs and report again; also train the same Kronecker nets from "
-        "scratch on the full recipe. Writes OUT/runs, compress.json, compress.md and "
-        "compress.png. Resumable with --resume.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
         type=Path,
@@ -488,7 +45,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--ranks",
-        type=_positive_int,
+        type=positive_int,
         nargs="+",
         default=list(DEFAULT_RANKS),
         metavar="R",
@@ -496,7 +53,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--factors",
-        type=_positive_int,
+        type=positive_int,
         default=2,
         metavar="K",
         help="factors per layer, balanced shapes (default %(default)s)",
@@ -512,19 +69,19 @@ def register(subparsers: Any) -> None:
     g = p.add_argument_group("scratch arm (c)")
     g.add_argument(
         "--scratch-epochs",
-        type=_positive_int,
+        type=positive_int,
         default=35,
         help="epochs of the from-scratch training (default %(default)s, the full recipe)",
     )
     g.add_argument(
         "--scratch-lr",
-        type=_positive_float,
+        type=positive_float,
         default=1.0,
         help="Adadelta lr of the from-scratch training (default %(default)s, the recipe's)",
     )
     g.add_argument(
         "--scratch-seeds",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         help="seeds of the from-scratch training (default %(default)s)",
     )
@@ -551,4 +108,35 @@ def register(subparsers: Any) -> None:
         epochs_help="fine-tuning epochs after the conversion (default %(default)s)",
         lr_help=_LR_HELP,
     )
-    p.set_defaults(func=_cmd_compress)
+
+
+def run(args: argparse.Namespace) -> int:
+    from torchkron.experiments.mnist.compress_report import compress_text, write_compress_report
+
+    if args.report_only:
+        from torchkron.experiments.mnist.report_files import rewrite_report
+
+        return rewrite_report(
+            args.out, write_compress_report, compress_text, plots=not args.no_plots
+        )
+    if args.factors < 2:
+        raise UserError(
+            f"--factors must be 2 or more (1 factor is the dense layer), got {args.factors}."
+        )
+    config = config_from(TrainConfig, args)
+    scratch = None
+    if not args.no_scratch:
+        scratch = config.with_(epochs=args.scratch_epochs, lr=args.scratch_lr)
+    markdown = run_compress(
+        checkpoint=args.checkpoint,
+        ranks=sorted(set(args.ranks)),
+        factors=args.factors,
+        layers=[name for name in LAYERS if name in args.layers],
+        config=config,
+        scratch_config=scratch,
+        scratch_seeds=args.scratch_seeds,
+        reuse_from=args.reuse_from,
+        options=run_options(args),
+    )
+    print(f"report: {markdown}")
+    return 0

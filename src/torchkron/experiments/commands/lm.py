@@ -2,7 +2,7 @@
 
 - ``torchkron lm train``: one (config, seed), structure of each layer group from
   ``--attn`` / ``--mlp`` (``dense``, ``kron:k2:r4``, ``lowrank:r4``, ``monarch:b32``).
-- ``torchkron lm sweep``: the CPU study (:mod:`torchkron.experiments.training.lm_study`):
+- ``torchkron lm sweep``: the CPU study (:mod:`torchkron.experiments.lm.schedule`):
   learning-rate sweeps per structure family, then every config with 3 seeds.
 - ``torchkron lm report DIR``: table, frontier plots and findings from ``DIR/runs``.
 
@@ -16,14 +16,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from torchkron.cli import (
-    _non_negative_float,
-    _non_negative_int,
-    _positive_float,
-    _positive_int,
+from torchkron.experiments.lm.config import LMConfig
+from torchkron.experiments.options import (
+    config_from,
+    default_of,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
 )
 
-__all__ = ["register"]
+__all__ = ["add_arguments", "run"]
 
 DEFAULT_OUT = "results/lm"
 LOG_FILE = "progress.log"
@@ -49,53 +52,91 @@ def _add_data(p: argparse.ArgumentParser) -> None:
 
 
 def _add_recipe(p: argparse.ArgumentParser) -> None:
+    # The defaults are LMConfig's: each setting has one default.
     g = p.add_argument_group("recipe (nanoGPT shakespeare_char CPU defaults)")
-    g.add_argument("--iters", type=_positive_int, default=2000, help="steps (default %(default)s)")
-    g.add_argument("--batch-size", type=_positive_int, default=12, help="default %(default)s")
-    g.add_argument("--lr", type=_positive_float, default=1e-3, help="peak lr (default %(default)s)")
     g.add_argument(
-        "--min-lr", type=_non_negative_float, default=0.0, help="final lr (default 0: lr / 10)"
+        "--iters", type=positive_int, default=_default("iters"), help="steps (default %(default)s)"
     )
     g.add_argument(
-        "--warmup-iters", type=_non_negative_int, default=100, help="default %(default)s"
+        "--batch-size",
+        type=positive_int,
+        default=_default("batch_size"),
+        help="default %(default)s",
     )
     g.add_argument(
-        "--lr-decay-iters", type=_non_negative_int, default=0, help="end of the cosine (0: --iters)"
-    )
-    g.add_argument("--beta1", type=float, default=0.9, help="default %(default)s")
-    g.add_argument("--beta2", type=float, default=0.99, help="default %(default)s")
-    g.add_argument(
-        "--weight-decay", type=_non_negative_float, default=0.1, help="default %(default)s"
+        "--lr", type=positive_float, default=_default("lr"), help="peak lr (default %(default)s)"
     )
     g.add_argument(
-        "--grad-clip", type=_non_negative_float, default=1.0, help="0: none (default %(default)s)"
+        "--min-lr",
+        type=non_negative_float,
+        default=_default("min_lr"),
+        help="final lr (default 0: lr / 10)",
     )
-    g.add_argument("--eval-interval", type=_positive_int, default=250, help="default %(default)s")
     g.add_argument(
-        "--eval-iters", type=_positive_int, default=20, help="fixed batches per split (default 20)"
+        "--warmup-iters",
+        type=non_negative_int,
+        default=_default("warmup_iters"),
+        help="default %(default)s",
+    )
+    g.add_argument(
+        "--lr-decay-iters",
+        type=non_negative_int,
+        default=_default("lr_decay_iters"),
+        help="end of the cosine (0: --iters)",
+    )
+    g.add_argument("--beta1", type=float, default=_default("beta1"), help="default %(default)s")
+    g.add_argument("--beta2", type=float, default=_default("beta2"), help="default %(default)s")
+    g.add_argument(
+        "--weight-decay",
+        type=non_negative_float,
+        default=_default("weight_decay"),
+        help="default %(default)s",
+    )
+    g.add_argument(
+        "--grad-clip",
+        type=non_negative_float,
+        default=_default("grad_clip"),
+        help="0: none (default %(default)s)",
+    )
+    g.add_argument(
+        "--eval-interval",
+        type=positive_int,
+        default=_default("eval_interval"),
+        help="default %(default)s",
+    )
+    g.add_argument(
+        "--eval-iters",
+        type=positive_int,
+        default=_default("eval_iters"),
+        help="fixed batches per split (default 20)",
     )
     g.add_argument(
         "--no-full-eval", action="store_true", help="skip the full validation split at the end"
     )
     g.add_argument(
-        "--threads", type=_non_negative_int, default=1, help="torch threads per run (0: default)"
+        "--threads",
+        type=non_negative_int,
+        default=_default("threads"),
+        help="torch threads per run (0: default)",
     )
-    g.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
+    g.add_argument(
+        "--device", default=_default("device"), help="torch device (default %(default)s)"
+    )
 
 
 def _add_model(p: argparse.ArgumentParser, *, structures: bool) -> None:
     g = p.add_argument_group("model (nanoGPT shakespeare_char CPU defaults)")
-    g.add_argument("--n-layer", type=_positive_int, default=4)
-    g.add_argument("--n-head", type=_positive_int, default=4)
+    g.add_argument("--n-layer", type=positive_int, default=4)
+    g.add_argument("--n-head", type=positive_int, default=4)
     g.add_argument(
-        "--n-embd", type=_positive_int, default=None, help="width (default 128; sweep: per config)"
+        "--n-embd", type=positive_int, default=None, help="width (default 128; sweep: per config)"
     )
-    g.add_argument("--block-size", type=_positive_int, default=64)
-    g.add_argument("--dropout", type=_non_negative_float, default=0.0)
+    g.add_argument("--block-size", type=positive_int, default=64)
+    g.add_argument("--dropout", type=non_negative_float, default=0.0)
     g.add_argument("--bias", action="store_true", help="biases in linears and LayerNorms")
     g.add_argument("--init", choices=("gpt2", "linear"), default="gpt2")
     if structures:
-        g.add_argument("--mlp-hidden", type=_non_negative_int, default=0, help="0: 4 * n_embd")
+        g.add_argument("--mlp-hidden", type=non_negative_int, default=0, help="0: 4 * n_embd")
         g.add_argument("--attn", default="dense", help="attention linears, e.g. kron:k2:r4")
         g.add_argument("--mlp", default="dense", help="MLP linears, e.g. lowrank:r4")
 
@@ -110,26 +151,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines (log still written)")
 
 
-def _config(args: argparse.Namespace) -> Any:
-    from torchkron.experiments.training.lm_trainer import LMConfig
+def _default(name: str) -> Any:
+    return default_of(LMConfig, name)
 
-    return LMConfig(
-        iters=args.iters,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        min_lr=args.min_lr,
-        warmup_iters=args.warmup_iters,
-        lr_decay_iters=args.lr_decay_iters,
-        beta1=args.beta1,
-        beta2=args.beta2,
-        weight_decay=args.weight_decay,
-        grad_clip=args.grad_clip,
-        eval_interval=args.eval_interval,
-        eval_iters=args.eval_iters,
-        full_eval=not args.no_full_eval,
-        threads=args.threads,
-        device=args.device,
-    )
+
+def _config(args: argparse.Namespace) -> LMConfig:
+    return config_from(LMConfig, args, full_eval=not args.no_full_eval)
 
 
 def _model_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -156,8 +183,8 @@ def _load(args: argparse.Namespace, progress: Any) -> Any:
 
 
 def _refuse_overwrite(names: list[tuple[str, int]], out: Path, resume: bool) -> None:
-    from torchkron.experiments.errors import UserError
-    from torchkron.experiments.training.lm_trainer import LMPaths
+    from torchkron.experiments.common.errors import UserError
+    from torchkron.experiments.lm.trainer import LMPaths
 
     if resume:
         return
@@ -172,7 +199,7 @@ def _refuse_overwrite(names: list[tuple[str, int]], out: Path, resume: bool) -> 
 
 
 def _progress(args: argparse.Namespace) -> Any:
-    from torchkron.experiments.training.lm_runner import LMProgress
+    from torchkron.experiments.lm.runner import LMProgress
 
     args.out.mkdir(parents=True, exist_ok=True)
     progress = LMProgress(quiet=args.quiet, log_path=args.out / LOG_FILE, force=True)
@@ -181,10 +208,10 @@ def _progress(args: argparse.Namespace) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from torchkron.experiments.models.gpt import GPTSpec
-    from torchkron.experiments.training.lm_runner import run_plan
-    from torchkron.experiments.training.lm_study import StudyPlan, linear_id, parse_linear
-    from torchkron.experiments.training.lm_trainer import LMJob
+    from torchkron.experiments.lm.gpt import GPTSpec
+    from torchkron.experiments.lm.runner import run_plan
+    from torchkron.experiments.lm.schedule import StudyPlan, linear_id, parse_linear
+    from torchkron.experiments.lm.trainer import LMJob
 
     attn, mlp = parse_linear(args.attn), parse_linear(args.mlp)
     name = args.name or "-".join(
@@ -220,7 +247,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace, vocab_size: int) -> Any:
-    from torchkron.experiments.training.lm_study import study_plan
+    from torchkron.experiments.lm.schedule import study_plan
 
     plan = study_plan(
         vocab_size=vocab_size,
@@ -251,7 +278,7 @@ def _plan(args: argparse.Namespace, vocab_size: int) -> Any:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from torchkron.experiments.training.lm_runner import run_plan
+    from torchkron.experiments.lm.runner import run_plan
 
     if args.list:
         plan = _plan(args, 65)
@@ -282,7 +309,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     )
     progress.message("all runs done; writing the report")
     if not args.no_report:
-        from torchkron.experiments.reporting.lm_report import write_report
+        from torchkron.experiments.lm.report import write_report
 
         for path in write_report(args.out, plots=not args.no_plots):
             progress.message(f"wrote {path}")
@@ -290,7 +317,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from torchkron.experiments.reporting.lm_report import write_report
+    from torchkron.experiments.lm.report import write_report
 
     for path in write_report(args.dir, plots=not args.no_plots):
         print(f"wrote {path}")
@@ -298,12 +325,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from torchkron.experiments.training.lm_bench import bench_markdown, bench_steps, study_specs
-    from torchkron.experiments.training.runs import atomic_write_json, atomic_write_text
+    from torchkron.experiments.common.files import atomic_write_json, atomic_write_text
+    from torchkron.experiments.lm.bench import bench_markdown, bench_steps, study_specs
 
     specs = study_specs(args.configs or ())
     if not specs:
-        from torchkron.experiments.errors import UserError
+        from torchkron.experiments.common.errors import UserError
 
         raise UserError("--configs matches no study config; see `torchkron lm sweep --list`.")
     result = bench_steps(specs, rounds=args.rounds, threads=args.threads)
@@ -314,24 +341,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
-    """Add ``torchkron lm`` with its ``train``, ``sweep`` and ``report`` subcommands."""
-    lm = subparsers.add_parser(
-        "lm",
-        help="character-level GPT on Tiny Shakespeare: dense vs Kronecker vs baselines",
-        description="Train a nanoGPT-style GPT on Tiny Shakespeare with dense, Kronecker, "
-        "low-rank or Monarch linear layers; run the CPU study; write its report.",
-    )
+def add_arguments(lm: argparse.ArgumentParser) -> None:
+    """``torchkron lm``'s actions: ``train``, ``sweep``, ``bench`` and ``report``."""
     sub = lm.add_subparsers(dest="lm_command", metavar="ACTION", required=True)
 
     p = sub.add_parser("train", help="train one config with one seed")
     p.add_argument("--name", default=None, help="config id (default: from the structures)")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     _add_model(p, structures=True)
     _add_recipe(p)
     _add_data(p)
     _add_common(p)
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(lm_func=_cmd_train)
 
     p = sub.add_parser(
         "sweep",
@@ -340,23 +361,23 @@ def register(subparsers: Any) -> None:
         "family, then every config of the study at its family's best lr with --seeds "
         "seeds, in priority order; then the report. Resumable with --resume.",
     )
-    p.add_argument("--seeds", type=_positive_int, default=3, help="default %(default)s")
+    p.add_argument("--seeds", type=positive_int, default=3, help="default %(default)s")
     p.add_argument(
         "--lrs",
-        type=_positive_float,
+        type=positive_float,
         nargs="+",
         default=[1e-3, 2e-3, 4e-3],
         help="learning rates of each family's sweep (default 1e-3 2e-3 4e-3)",
     )
     p.add_argument(
         "--sweep-iters",
-        type=_positive_int,
+        type=positive_int,
         default=500,
         help="steps of a sweep run, schedule compressed to them (default %(default)s)",
     )
     p.add_argument(
         "--lr-extend",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=2,
         help="when a family's best rate is at an end of --lrs, sweep half (or twice) "
         "that rate too, up to this many times per family (default %(default)s)",
@@ -365,7 +386,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--list", action="store_true", help="print the plan and exit")
     p.add_argument(
         "--jobs",
-        type=_positive_int,
+        type=positive_int,
         default=max(1, min(2, os.cpu_count() or 1)),
         help="runs side by side in worker processes (default: min(2, cores))",
     )
@@ -375,20 +396,25 @@ def register(subparsers: Any) -> None:
     _add_recipe(p)
     _add_data(p)
     _add_common(p)
-    p.set_defaults(func=_cmd_sweep)
+    p.set_defaults(lm_func=_cmd_sweep)
 
     p = sub.add_parser(
         "bench",
         help="time a training step of study configs side by side (OUT/step_bench.md)",
     )
     p.add_argument("--configs", nargs="+", metavar="ID", help="config ids (default: all)")
-    p.add_argument("--rounds", type=_positive_int, default=15, help="timed steps per config")
-    p.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
+    p.add_argument("--rounds", type=positive_int, default=15, help="timed steps per config")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     p.add_argument("--note", default="", help="a line about the machine's state")
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="default %(default)s")
-    p.set_defaults(func=_cmd_bench)
+    p.set_defaults(lm_func=_cmd_bench)
 
     p = sub.add_parser("report", help="table, plots and findings from DIR/runs alone")
     p.add_argument("dir", type=Path, nargs="?", default=Path(DEFAULT_OUT), metavar="DIR")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.set_defaults(func=_cmd_report)
+    p.set_defaults(lm_func=_cmd_report)
+
+
+def run(args: argparse.Namespace) -> int:
+    action: Any = args.lm_func
+    return int(action(args))

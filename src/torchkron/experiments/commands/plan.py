@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
-from torchkron.cli import _positive_int
-from torchkron.experiments.errors import UserError
+from torchkron.experiments.common.errors import UserError
+from torchkron.experiments.options import positive_int
 from torchkron.factorization import format_primes
 from torchkron.factorization.candidates import (
     MAX_ALL_ROWS,
@@ -24,7 +23,7 @@ from torchkron.factorization.candidates import (
     layer_plans,
 )
 
-__all__ = ["format_plan", "register"]
+__all__ = ["add_arguments", "format_plan", "run"]
 
 
 def _shapes_text(shapes: Shapes) -> str:
@@ -81,7 +80,7 @@ def format_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def _cmd_plan(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.factors > MAX_FACTORS:
         raise UserError(f"--factors must be at most {MAX_FACTORS}, got {args.factors}.")
     for name, value in (("IN", args.in_features), ("OUT", args.out_features)):
@@ -113,33 +112,21 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
-    """Add ``torchkron plan``."""
-    p = subparsers.add_parser(
-        "plan",
-        help="list every way to factor an IN->OUT layer, with weights and FLOPs",
-        description="List the ways to factor an IN -> OUT layer into 1..K Kronecker factors "
-        "(the prime factors of IN and OUT grouped and paired every distinct way, up to the "
-        "order of the factors), with factor shapes, weights, forward FLOPs per sample, "
-        "compression against the dense layer, and whether the factors can be tied; sorted "
-        "by weights, the balanced default marked *. Sizes that cannot be split into K "
-        "factors are reported with the nearest sizes that can. Highly composite sizes have "
-        "millions of factorisations: they are counted exactly and the --top cheapest shown.",
-    )
-    p.add_argument("in_features", type=_positive_int, metavar="IN", help="input size of the layer")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("in_features", type=positive_int, metavar="IN", help="input size of the layer")
     p.add_argument(
-        "out_features", type=_positive_int, metavar="OUT", help="output size of the layer"
+        "out_features", type=positive_int, metavar="OUT", help="output size of the layer"
     )
     p.add_argument(
         "--factors",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         metavar="K",
         help=f"list 1..K factors (default %(default)s, at most {MAX_FACTORS})",
     )
     p.add_argument(
         "--rank",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="R",
         help="summed Kronecker products: scales weights and FLOPs (default %(default)s)",
@@ -157,7 +144,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--top",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         metavar="M",
         help="show the M cheapest factorisations (default %(default)s); the header still "
@@ -169,4 +156,3 @@ def register(subparsers: Any) -> None:
         help=f"show every factorisation (refused above {MAX_ALL_ROWS:,})",
     )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.set_defaults(func=_cmd_plan)

@@ -1,148 +1,73 @@
-"""``torchkron reproduce`` and ``torchkron train``: the founding experiment."""
+"""``torchkron reproduce``: the arguments of :mod:`torchkron.experiments.mnist.reproduce`."""
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+import argparse
 from pathlib import Path
 
-from torchkron.experiments.models.variants import MLPSpec, get_variant, reproduction_variants
-from torchkron.experiments.training.config import TrainConfig
-from torchkron.experiments.training.progress import format_duration
-from torchkron.experiments.training.runner import Job, RunOptions, open_session, run_jobs, track
-from torchkron.experiments.training.runs import RunRecord, atomic_write_json, environment, now_iso
+from torchkron.experiments.mnist.config import TrainConfig
+from torchkron.experiments.options import (
+    add_jobs_argument,
+    add_recipe_arguments,
+    add_run_arguments,
+    config_from,
+    positive_int,
+    run_options,
+)
 
-__all__ = [
-    "DEFAULT_OUT",
-    "Reproduction",
-    "default_workers",
-    "reproduce",
-    "resolve_variants",
-    "train_one",
-]
+__all__ = ["add_arguments", "run"]
 
 
-def default_workers() -> int:
-    return max(
-        1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="ID",
+        help="variant ids (default: the seed's five and their equal-weight dense baselines)",
     )
-
-
-def resolve_variants(names: Sequence[str] | None) -> list[MLPSpec]:
-    """The requested variants (default: all of the reproduction), unknown ids rejected."""
-    if not names:
-        return reproduction_variants()
-    specs: list[MLPSpec] = []
-    for name in names:
-        spec = get_variant(name)
-        if spec not in specs:
-            specs.append(spec)
-    return specs
-
-
-#: Where ``torchkron reproduce`` trains by default: an untracked folder, so a fresh clone's
-#: reproduction never touches the committed reference in ``results/mnist``.
-DEFAULT_OUT = Path("runs") / "mnist"
-
-
-@dataclass(frozen=True)
-class Reproduction:
-    """What ``reproduce`` wrote, and the texts to show at the end."""
-
-    results: Path
-    report: str
-    comparison: Path | None = None
-    comparison_text: str | None = None
-
-
-def reproduce(
-    *,
-    variants: Sequence[str] | None,
-    seeds: int,
-    config: TrainConfig,
-    options: RunOptions,
-    reference: Path | None = None,
-) -> Reproduction:
-    """Train every variant x seed, write the report and compare it with ``reference``."""
-    specs = resolve_variants(variants)
-    jobs = [Job(spec, seed) for spec in specs for seed in range(seeds)]
-    with open_session(jobs, options, "reproduce.log") as (progress, mnist):
-        done = track(progress, jobs, options.out_dir, config.epochs)
-        progress.message(
-            f"data: {mnist.source} ({mnist.train_images.shape[0]} train, "
-            f"{mnist.test_images.shape[0]} test); {len(specs)} variants x {seeds} seeds x "
-            f"{config.epochs} epochs into {options.out_dir}; {done} epoch(s) already done; "
-            f"{options.workers} worker(s)"
-        )
-        start, started_at = time.perf_counter(), now_iso()
-        run_jobs(jobs, config, options, mnist, progress=progress)
-        wall = time.perf_counter() - start
-        _record_wall_time(options, started_at, wall, len(jobs))
-        progress.message(f"all runs done in {format_duration(wall)}; writing the report")
-        from torchkron.experiments.commands.report import report_text, write_report
-
-        paths = write_report(options.out_dir, plots=options.plots)
-        text = report_text(_load_summary(paths.summary))
-        progress.log(text)
-        result = Reproduction(paths.results, text)
-        if reference is not None and not _same_folder(reference, options.out_dir):
-            from torchkron.experiments.reporting.compare import write_comparison
-
-            path, comparison = write_comparison(options.out_dir, reference)
-            progress.log(comparison)
-            result = replace(result, comparison=path, comparison_text=comparison)
-        return result
-
-
-def _same_folder(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
-
-
-def _load_summary(path: Path) -> dict[str, object]:
-    import json
-
-    loaded: dict[str, object] = json.loads(path.read_text())
-    return loaded
-
-
-def _record_wall_time(options: RunOptions, started_at: str, wall: float, runs: int) -> None:
-    """Keep the wall time of each reproduce session.
-
-    The report shows a session's time as that of a complete reproduction only when the
-    session trained every run from start to end (see ``report.reproduction_session``).
-    """
-    path = options.out_dir / "sessions.json"
-    import json
-
-    sessions: list[dict[str, object]] = []
-    if path.exists():
-        try:
-            loaded = json.loads(path.read_text())
-            if isinstance(loaded, list):
-                sessions = [s for s in loaded if isinstance(s, dict)]
-        except (OSError, ValueError):
-            sessions = []
-    sessions.append(
-        {
-            "command": options.command,
-            "out": str(options.out_dir),
-            "started_at": started_at,
-            "finished_at": now_iso(),
-            "wall_seconds": round(wall, 2),
-            "workers": options.workers,
-            "runs": runs,
-            "environment": environment(options.out_dir),
-        }
+    p.add_argument(
+        "--seeds", type=positive_int, default=3, help="seeds per variant (default %(default)s)"
     )
-    atomic_write_json(path, sessions)
+    add_jobs_argument(p)
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="results folder to compare with at the end (default: the committed "
+        "results/mnist of this checkout)",
+    )
+    p.add_argument(
+        "--no-compare", action="store_true", help="skip the comparison with the reference"
+    )
+    add_run_arguments(
+        p,
+        "runs/mnist",
+        "output folder (default %(default)s, untracked; the committed reference "
+        "results/mnist is rewritten only when named here explicitly)",
+    )
+    add_recipe_arguments(p)
 
 
-def train_one(*, variant: str, seed: int, config: TrainConfig, options: RunOptions) -> RunRecord:
-    """One run of one variant (``torchkron train``), in this process."""
-    job = Job(get_variant(variant), seed)
-    with open_session([job], options, "train.log") as (progress, mnist):
-        track(progress, [job], options.out_dir, config.epochs)
-        (record,) = run_jobs([job], config, replace(options, workers=1), mnist, progress=progress)
-        return record
+def run(args: argparse.Namespace) -> int:
+    from torchkron.experiments.mnist.compare import default_reference
+    from torchkron.experiments.mnist.reproduce import reproduce
+
+    reference = None if args.no_compare else (args.reference or default_reference())
+    done = reproduce(
+        variants=args.variants,
+        seeds=args.seeds,
+        config=config_from(TrainConfig, args),
+        options=run_options(args),
+        reference=reference,
+    )
+    print(done.report)
+    if done.comparison_text is not None:
+        print()
+        print(done.comparison_text, end="")
+        print(f"comparison: {done.comparison}")
+    elif not args.no_compare:
+        print("no committed reference found to compare with (pass --reference DIR)")
+    print(f"results: {done.results}")
+    return 0

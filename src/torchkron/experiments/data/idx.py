@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from torchkron.experiments.errors import DataError
+from torchkron.experiments.common.errors import DataError
 
 __all__ = ["UBYTE", "read_idx", "write_idx"]
 

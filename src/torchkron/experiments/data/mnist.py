@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from torchkron.experiments.common.errors import DataError
 from torchkron.experiments.data.idx import read_idx
-from torchkron.experiments.errors import DataError
 
 __all__ = [
     "FILES",

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from torchkron.experiments.errors import DataError
-from torchkron.experiments.training.runs import atomic_write_bytes
+from torchkron.experiments.common.errors import DataError
+from torchkron.experiments.common.files import atomic_write_bytes
 
 __all__ = [
     "FILE_NAME",

@@ -1,0 +1,1 @@
+"""``torchkron bench``: the timing suite of the Kronecker map and its contenders, CPU and CUDA."""

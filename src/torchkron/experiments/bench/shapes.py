@@ -1,0 +1,108 @@
+"""The shapes the suite times, its dtypes and modes, and the goals set on them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+__all__ = [
+    "ALL_SHAPES",
+    "DEFAULT_SHAPES",
+    "DTYPES",
+    "GOALS",
+    "GPU_SHAPES",
+    "MEMORY_GOAL_BYTES",
+    "MODES",
+    "NO_DENSE",
+    "QUICK_SHAPES",
+    "RANK_SHAPES",
+    "SCHEMA",
+    "SUMGRAD_CONTENDERS",
+    "BenchShape",
+    "modes_of",
+]
+
+SCHEMA = 1
+MODES = ("forward", "train", "train_sumgrad")
+# ``train_sumgrad``: ``layer(x).sum().backward()``, whose output gradient is a stride-0
+# expanded tensor (issue 8: the chain's backward used to run 2-3x slower with it). Timed
+# for these contenders only, against dense in the same run.
+SUMGRAD_CONTENDERS = ("dense", "torchkron:bmm", "KronLinear")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchShape:
+    """One layer and batch size to time."""
+
+    name: str
+    factors: tuple[tuple[int, int], ...]  # (out_i, in_i) per factor
+    batch: int
+    rank: int = 1
+    dense: bool = True  # False: W is too large to allocate; skip dense and materialize
+
+    @property
+    def in_features(self) -> int:
+        return math.prod(n for _, n in self.factors)
+
+    @property
+    def out_features(self) -> int:
+        return math.prod(o for o, _ in self.factors)
+
+    def describe(self) -> str:
+        facs = " (x) ".join(f"{o}x{n}" for o, n in self.factors)
+        rank = f", R={self.rank}" if self.rank > 1 else ""
+        return f"{self.in_features}->{self.out_features} [{facs}{rank}] batch {self.batch}"
+
+
+DEFAULT_SHAPES: tuple[BenchShape, ...] = (
+    BenchShape("784-625-b64", ((25, 28), (25, 28)), 64),
+    BenchShape("784-625-b1000", ((25, 28), (25, 28)), 1000),
+    BenchShape("784-625-r4-b64", ((25, 28), (25, 28)), 64, rank=4),
+    BenchShape("1024-b256", ((32, 32), (32, 32)), 256),
+    BenchShape("4096-b1024", ((64, 64), (64, 64)), 1024),
+    BenchShape("4096-3f-b1024", ((16, 16), (16, 16), (16, 16)), 1024),
+    BenchShape("4096-4f-b1024", ((8, 8), (8, 8), (8, 8), (8, 8)), 1024),
+    BenchShape("4096-r4-b1024", ((64, 64), (64, 64)), 1024, rank=4),
+    # W would be 65536 x 65536 (16 GiB in float32): no dense contender can run.
+    BenchShape("65536-b64", ((256, 256), (256, 256)), 64, dense=False),
+)
+
+# A BERT/GPT MLP up-projection, 768 -> 3072 as 64x32 (x) 48x24, at 1024 rows, ranks 1, 4
+# and 16 (issue 11: the time ratio against dense should follow the FLOP ratio).
+RANK_SHAPES: tuple[BenchShape, ...] = tuple(
+    BenchShape(f"768-3072-r{r}-b1024", ((64, 32), (48, 24)), 1024, rank=r) for r in (1, 4, 16)
+)
+
+# Row counts GPUs train with (batch x sequence): added to the default list on CUDA only,
+# where a 1024-row step is bound by launches rather than arithmetic.
+GPU_SHAPES: tuple[BenchShape, ...] = tuple(
+    BenchShape(f"{name}-b{rows}", factors, rows, rank=rank)
+    for rows in (8192, 16384)
+    for name, factors, rank in (
+        ("784-625", ((25, 28), (25, 28)), 1),
+        ("1024", ((32, 32), (32, 32)), 1),
+        ("4096", ((64, 64), (64, 64)), 1),
+        ("4096-r4", ((64, 64), (64, 64)), 4),
+        ("768-3072-r4", ((64, 32), (48, 24)), 4),
+    )
+)
+
+QUICK_SHAPES: tuple[BenchShape, ...] = (
+    BenchShape("quick-2f", ((4, 6), (5, 3)), 8),
+    BenchShape("quick-3f-r2", ((2, 3), (3, 2), (2, 2)), 4, rank=2),
+    BenchShape("quick-nodense", ((8, 8), (8, 8)), 4, dense=False),
+)
+
+# The goals of the benchmark issue: KronLinear's training step against nn.Linear's.
+GOALS: dict[str, float] = {"784-625-b64": 6.0, "1024-b256": 12.0, "4096-b1024": 22.0}
+MEMORY_GOAL_BYTES = 1 << 30  # peak of a 65536 -> 65536 training step at batch 64
+ALL_SHAPES: tuple[BenchShape, ...] = (*DEFAULT_SHAPES, *RANK_SHAPES, *GPU_SHAPES, *QUICK_SHAPES)
+NO_DENSE = {s.name for s in ALL_SHAPES if not s.dense}
+
+
+def modes_of(name: str) -> tuple[str, ...]:
+    """The modes a contender is timed in."""
+    return MODES if name in SUMGRAD_CONTENDERS else MODES[:2]

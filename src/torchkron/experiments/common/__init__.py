@@ -1,0 +1,1 @@
+"""What every study shares: errors, files, run records, environment, progress, locks, workers."""

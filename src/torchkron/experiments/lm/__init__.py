@@ -1,0 +1,1 @@
+"""The language-model study: a character-level GPT on Tiny Shakespeare."""

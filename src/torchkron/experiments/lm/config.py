@@ -1,0 +1,69 @@
+"""The language-model training recipe: nanoGPT ``shakespeare_char``'s CPU settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torchkron.experiments.common.config import ConfigDict, check_at_least_one
+from torchkron.experiments.common.errors import UserError
+
+__all__ = ["LMConfig"]
+
+
+@dataclass(frozen=True)
+class LMConfig(ConfigDict):
+    """Every knob of the training loop (nanoGPT ``shakespeare_char`` CPU defaults).
+
+    Attributes:
+        iters: optimizer steps.
+        batch_size: windows per step.
+        lr: peak learning rate.
+        min_lr: final learning rate of the cosine (0: ``lr / 10``, nanoGPT's ratio).
+        warmup_iters: linear warm-up steps.
+        lr_decay_iters: step where the cosine reaches ``min_lr`` (0: ``iters``).
+        beta1: AdamW beta1.
+        beta2: AdamW beta2.
+        weight_decay: AdamW weight decay (matrices, factors, embeddings only).
+        grad_clip: gradient-norm clip (0: none).
+        eval_interval: evaluate (and checkpoint) every this many steps.
+        eval_iters: fixed batches per split at each evaluation.
+        full_eval: score the whole validation split at the end.
+        threads: torch intra-op threads (0: torch's default).
+        device: torch device of the run (``cpu``, ``cuda``...).
+    """
+
+    iters: int = 2000
+    batch_size: int = 12
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    warmup_iters: int = 100
+    lr_decay_iters: int = 0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_interval: int = 250
+    eval_iters: int = 20
+    full_eval: bool = True
+    threads: int = 1
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        check_at_least_one(self, ("iters", "batch_size", "eval_interval", "eval_iters"))
+        for name in ("min_lr", "warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                flag = name.replace("_", "-")
+                raise UserError(f"--{flag} must be 0 or more, got {getattr(self, name)}.")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive, got {self.lr}.")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"--{name} must be in [0, 1), got {getattr(self, name)}.")
+
+    @property
+    def final_lr(self) -> float:
+        return self.min_lr or self.lr / 10
+
+    @property
+    def decay_iters(self) -> int:
+        return self.lr_decay_iters or self.iters

@@ -1,1 +1,0 @@
-"""The models the experiments train, built from named variants."""

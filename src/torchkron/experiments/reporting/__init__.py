@@ -1,1 +1,0 @@
-"""Reports: pure functions from run records to summaries, tables, plots, findings."""

@@ -1,1 +1,0 @@
-"""Training runs: the recipe, the loop, run records, workers, progress, locks."""
