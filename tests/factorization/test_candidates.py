@@ -13,8 +13,8 @@ from torchkron.factorization.candidates import (
     _min_flops,
     _row,
     _sort_key,
-    count_plans,
-    layer_plans,
+    count_candidates,
+    layer_candidates,
     split_shapes,
 )
 from torchkron.functional import kron_flops
@@ -51,7 +51,7 @@ def test_split_shapes_match_brute_force(in_f, out_f, k, allow_ones):
 
 @pytest.mark.parametrize(("in_f", "out_f"), SIZES)
 def test_plan_rows_are_every_factorisation_once_sorted_by_weights(in_f, out_f):
-    plan = layer_plans(in_f, out_f, 4)
+    plan = layer_candidates(in_f, out_f, 4)
     expected = {((out_f, in_f),)}
     for k in (2, 3, 4):
         expected |= _brute(in_f, out_f, k, allow_ones=False)
@@ -63,7 +63,7 @@ def test_plan_rows_are_every_factorisation_once_sorted_by_weights(in_f, out_f):
 
 
 def test_plan_of_the_seed_layer():
-    plan = layer_plans(784, 625, 4)
+    plan = layer_candidates(784, 625, 4)
     per_k = {k: [r for r in plan.rows if r.factors == k] for k in (1, 2, 3, 4)}
     assert {k: len(rows) for k, rows in per_k.items()} == {1: 1, 2: 20, 3: 26, 4: 7}
     seed = next(r for r in plan.rows if r.shapes == ((25, 28), (25, 28)))
@@ -94,13 +94,13 @@ def test_plan_of_the_seed_layer():
 
 
 def test_rank_and_tying_scale_weights_and_flops():
-    plan = layer_plans(784, 625, 2, rank=3, tied=True)
+    plan = layer_candidates(784, 625, 2, rank=3, tied=True)
     assert [(r.shapes, r.weights) for r in plan.rows] == [
         (((25, 28), (25, 28)), 3 * 700),
         (((625, 784),), 490_000),  # one factor is the dense layer itself
     ]
     assert plan.rows[0].flops == kron_flops([25, 25], [28, 28], 3)
-    untied = layer_plans(784, 625, 2, rank=3)
+    untied = layer_candidates(784, 625, 2, rank=3)
     row = next(r for r in untied.rows if r.shapes == ((125, 7), (5, 112)))
     assert row.weights == 3 * (125 * 7 + 5 * 112)
     assert row.flops == kron_flops([125, 5], [7, 112], 3)
@@ -108,7 +108,7 @@ def test_rank_and_tying_scale_weights_and_flops():
 
 
 def test_sizes_that_do_not_split_name_the_nearest_that_do():
-    plan = layer_plans(607, 10, 3)
+    plan = layer_candidates(607, 10, 3)
     assert [r.shapes for r in plan.rows] == [((10, 607),)]
     assert plan.notes == (
         "in_features 607 (prime) splits into at most 1 factor(s) > 1; nearest sizes that "
@@ -116,7 +116,7 @@ def test_sizes_that_do_not_split_name_the_nearest_that_do():
         "out_features 10 (2 * 5) splits into at most 2 factor(s) > 1; nearest sizes that "
         "split into 3: 8 = 2^3, 12 = 2^2 * 3, 16 = 2^4.",
     )
-    tied = layer_plans(12, 10, 2, tied=True)
+    tied = layer_candidates(12, 10, 2, tied=True)
     assert tied.notes[-1].startswith("No factorisation into 2 or more equal factors")
 
 
@@ -131,8 +131,8 @@ def test_counts_and_top_rows_match_full_enumeration(in_f, out_f, allow_ones):
         ),
         key=_sort_key,
     )
-    assert count_plans(in_f, out_f, 4, allow_ones=allow_ones) == len(full)
-    plan = layer_plans(in_f, out_f, 4, rank=2, allow_ones=allow_ones, top=40)
+    assert count_candidates(in_f, out_f, 4, allow_ones=allow_ones) == len(full)
+    plan = layer_candidates(in_f, out_f, 4, rank=2, allow_ones=allow_ones, top=40)
     assert plan.total_rows == len(full)
     assert list(plan.rows) == full[:40]
     assert plan.truncated
@@ -140,8 +140,8 @@ def test_counts_and_top_rows_match_full_enumeration(in_f, out_f, allow_ones):
 
 
 def test_highly_composite_sizes_are_counted_and_the_best_found():
-    assert count_plans(720720, 720720, 4) == 166_782_267
-    plan = layer_plans(720720, 720720, 4, top=3)
+    assert count_candidates(720720, 720720, 4) == 166_782_267
+    plan = layer_candidates(720720, 720720, 4, top=3)
     assert (plan.total_rows, len(plan.rows), plan.exhaustive) == (166_782_267, 3, True)
     assert [(r.shapes, r.weights) for r in plan.rows] == [
         (((429, 2), (420, 2), (2, 429), (2, 420)), 3396),
@@ -152,11 +152,11 @@ def test_highly_composite_sizes_are_counted_and_the_best_found():
 
 def test_largest_32_bit_sizes_answer():
     # 3491888400 has 1344 divisors, the most of any 32-bit number.
-    plan = layer_plans(3491888400, 3491888400, 4, top=1)
+    plan = layer_candidates(3491888400, 3491888400, 4, top=1)
     assert plan.total_rows == 1_663_792_294_887
     assert plan.rows[0].shapes == ((29640, 2), (19635, 3), (3, 19635), (2, 29640))
     for n in (2**31 - 1, 4294967291):  # a Mersenne prime and the largest 32-bit prime
-        plan = layer_plans(n, 720720, 4)
+        plan = layer_candidates(n, 720720, 4)
         assert plan.total_rows == 1
         assert [r.shapes for r in plan.rows] == [((720720, n),)]
 

@@ -1,7 +1,7 @@
 """The factorisation candidates of one layer: every way to factor it, with what each costs.
 
 A ``k``-factor Kronecker layer splits ``IN`` into ``k`` factors and ``OUT`` into ``k``
-factors and pairs them: factor ``i`` is ``out_i x in_i``. :func:`layer_plans` lists every
+factors and pairs them: factor ``i`` is ``out_i x in_i``. :func:`layer_candidates` lists every
 distinct such split for ``k = 1 .. K``: the prime factors of each size grouped into ``k``
 factors greater than 1 in every way, paired in every way, with two lists that differ only
 in the order of their factors counted once (they describe the same layer up to a
@@ -10,8 +10,8 @@ on one side (``out_i x 1`` or ``1 x in_i``), as :func:`torchkron.layer_factoriza
 does. Pure functions; ``torchkron plan`` only formats them.
 
 Highly composite sizes have astronomically many factorisations (``720720 -> 720720``
-has over 10^8 with up to 4 factors), so nothing enumerates them all: :func:`count_plans`
-counts them exactly by Burnside's lemma, and :func:`layer_plans` finds the ``top``
+has over 10^8 with up to 4 factors), so nothing enumerates them all: :func:`count_candidates`
+counts them exactly by Burnside's lemma, and :func:`layer_candidates` finds the ``top``
 cheapest by a branch-and-bound search over factor pairs (pairs generated in canonical
 order, each partial list pruned by the AM-GM lower bound ``j * (P Q)^(1/j)`` on the
 weights its ``j`` remaining factors need). Time and memory are bounded by ``top`` and the
@@ -46,11 +46,11 @@ __all__ = [
     "MAX_FACTORS",
     "MAX_SIZE",
     "SEARCH_BUDGET",
-    "Plan",
-    "PlanRow",
+    "Candidate",
+    "Candidates",
     "Shapes",
-    "count_plans",
-    "layer_plans",
+    "count_candidates",
+    "layer_candidates",
     "split_shapes",
 ]
 
@@ -64,8 +64,8 @@ MAX_SIZE = 2**32
 MAX_ALL_ROWS = 100_000
 
 #: Work budget of the search for the ``top`` cheapest rows: candidate factor pairs
-#: examined. A count, not a time, so a plan is the same on every machine; only the
-#: largest highly composite sizes with many factors reach it (the plan then says so).
+#: examined. A count, not a time, so the answer is the same on every machine; only the
+#: largest highly composite sizes with many factors reach it (the result then says so).
 SEARCH_BUDGET = 2_000_000
 
 
@@ -83,8 +83,8 @@ Shapes = tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True)
-class PlanRow:
-    """One factorisation of the layer and its cost at the plan's rank."""
+class Candidate:
+    """One factorisation of the layer and its cost at the searched rank."""
 
     shapes: Shapes  # ((out_1, in_1), ..., (out_k, in_k)), largest first
     weights: int  # stored weights, bias excluded (a tied factor counted once)
@@ -99,7 +99,7 @@ class PlanRow:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Candidates:
     """Every factorisation of ``in_features -> out_features`` into 1 .. ``max_factors``."""
 
     in_features: int
@@ -110,7 +110,7 @@ class Plan:
     allow_ones: bool
     dense_weights: int
     dense_flops: int
-    rows: tuple[PlanRow, ...]  # sorted by weights, then factors, then shapes
+    rows: tuple[Candidate, ...]  # sorted by weights, then factors, then shapes
     notes: tuple[str, ...]  # sizes that do not split, with the nearest that do
     total_rows: int = -1  # every factorisation there is; rows holds the best len(rows)
     top: int | None = None  # the most rows asked for (None: all)
@@ -185,16 +185,16 @@ def _min_flops(outs: tuple[int, ...], ins: tuple[int, ...], rank: int) -> int:
     return cost[-1]
 
 
-def _row(shapes: Shapes, dense: int, rank: int, tied: bool, balanced: Shapes | None) -> PlanRow:
+def _row(shapes: Shapes, dense: int, rank: int, tied: bool, balanced: Shapes | None) -> Candidate:
     if len(shapes) == 1:
         # One factor is the dense layer itself: the reference, at rank 1 whatever R is.
         ((out_features, in_features),) = shapes
-        return PlanRow(shapes, dense, dense_flops(in_features, out_features), 1.0, True, True)
+        return Candidate(shapes, dense, dense_flops(in_features, out_features), 1.0, True, True)
     tieable = len(set(shapes)) == 1
     sizes = [o * n for o, n in shapes]
     weights = rank * (sizes[0] if tied and tieable else sum(sizes))
     flops = _min_flops(tuple(o for o, _ in shapes), tuple(n for _, n in shapes), rank)
-    return PlanRow(shapes, weights, flops, dense / weights, tieable, shapes == balanced)
+    return Candidate(shapes, weights, flops, dense / weights, tieable, shapes == balanced)
 
 
 def _size_notes(name: str, n: int, max_factors: int) -> list[str]:
@@ -294,7 +294,7 @@ def _int_root(n: int, k: int) -> int | None:
     return None
 
 
-def count_plans(
+def count_candidates(
     in_features: int,
     out_features: int,
     max_factors: int = 4,
@@ -302,12 +302,12 @@ def count_plans(
     tied: bool = False,
     allow_ones: bool = False,
 ) -> int:
-    """How many rows :func:`layer_plans` has in all, without enumerating them.
+    """How many rows :func:`layer_candidates` has in all, without enumerating them.
 
     Examples:
-        >>> count_plans(784, 625, 4)
+        >>> count_candidates(784, 625, 4)
         54
-        >>> count_plans(720720, 720720, 4)
+        >>> count_candidates(720720, 720720, 4)
         166782267
     """
     if tied:
@@ -320,7 +320,7 @@ def count_plans(
     )
 
 
-def _sort_key(row: PlanRow) -> tuple[Any, ...]:
+def _sort_key(row: Candidate) -> tuple[Any, ...]:
     return (row.weights, row.factors, row.flops, tuple(-x for p in row.shapes for x in p))
 
 
@@ -340,7 +340,7 @@ class _Best:
     def worst_weights(self) -> float:
         return min(self.cutoff, float(-self.heap[0][0][0]) if self.full() else math.inf)
 
-    def push(self, row: PlanRow) -> None:
+    def push(self, row: Candidate) -> None:
         if row.shapes in self.shapes:
             return
         key = _sort_key(row)
@@ -353,7 +353,7 @@ class _Best:
             return
         self.shapes.add(row.shapes)
 
-    def rows(self) -> list[PlanRow]:
+    def rows(self) -> list[Candidate]:
         return sorted((row for _, row in self.heap), key=_sort_key)
 
 
@@ -453,7 +453,7 @@ def _search(
     rec(out_features, in_features, k, top, 0, [])
 
 
-def layer_plans(
+def layer_candidates(
     in_features: int,
     out_features: int,
     max_factors: int = 4,
@@ -462,7 +462,7 @@ def layer_plans(
     tied: bool = False,
     allow_ones: bool = False,
     top: int | None = None,
-) -> Plan:
+) -> Candidates:
     """The ways to factor an ``in_features -> out_features`` layer into 1..``max_factors``.
 
     Args:
@@ -473,18 +473,18 @@ def layer_plans(
         tied: list only the factorisations that can be tied (all factors equal), with
             the weights of one shared factor.
         allow_ones: also list factors with a size of 1 on one side.
-        top: keep only the ``top`` cheapest rows (``plan.total_rows`` still counts them
+        top: keep only the ``top`` cheapest rows (``total_rows`` still counts them
             all); ``None`` lists every one, refused above :data:`MAX_ALL_ROWS`.
 
     Returns:
-        The :class:`Plan`; rows sorted by weights, then number of factors, then FLOPs,
+        The :class:`Candidates`; rows sorted by weights, then number of factors, then FLOPs,
         then shapes.
 
     Examples:
-        >>> plan = layer_plans(784, 625, 2)
-        >>> [(r.shapes, r.weights, r.balanced) for r in plan.rows[:1]]
+        >>> found = layer_candidates(784, 625, 2)
+        >>> [(r.shapes, r.weights, r.balanced) for r in found.rows[:1]]
         [(((25, 28), (25, 28)), 1400, True)]
-        >>> big = layer_plans(720720, 720720, top=3)
+        >>> big = layer_candidates(720720, 720720, top=3)
         >>> big.total_rows, len(big.rows)
         (166782267, 3)
     """
@@ -494,22 +494,24 @@ def layer_plans(
         ("rank", rank),
     ):
         if value < 1:
-            raise ValueError(f"layer_plans: {name} must be at least 1, got {value}.")
+            raise ValueError(f"layer_candidates: {name} must be at least 1, got {value}.")
     for name, value in (("in_features", in_features), ("out_features", out_features)):
         if value > MAX_SIZE:
             raise ValueError(
-                f"layer_plans: {name} must be at most 2**32 = {MAX_SIZE:,}, got {value:,}."
+                f"layer_candidates: {name} must be at most 2**32 = {MAX_SIZE:,}, got {value:,}."
             )
     if not 1 <= max_factors <= MAX_FACTORS:
         raise ValueError(
-            f"layer_plans: max_factors must be in 1..{MAX_FACTORS}, got {max_factors}."
+            f"layer_candidates: max_factors must be in 1..{MAX_FACTORS}, got {max_factors}."
         )
     if top is not None and top < 1:
-        raise ValueError(f"layer_plans: top must be at least 1 (or None for all), got {top}.")
-    total = count_plans(in_features, out_features, max_factors, tied=tied, allow_ones=allow_ones)
+        raise ValueError(f"layer_candidates: top must be at least 1 (or None for all), got {top}.")
+    total = count_candidates(
+        in_features, out_features, max_factors, tied=tied, allow_ones=allow_ones
+    )
     if top is None and total > MAX_ALL_ROWS:
         raise ValueError(
-            f"layer_plans: {in_features} -> {out_features} has {total:,} factorisations into "
+            f"layer_candidates: {in_features} -> {out_features} has {total:,} factorisations into "
             f"1..{max_factors} factors, too many to list (at most {MAX_ALL_ROWS:,}); pass "
             f"top=M for the M cheapest, or fewer factors."
         )
@@ -572,7 +574,7 @@ def layer_plans(
             "No factorisation into 2 or more equal factors: tying needs in_features and "
             "out_features to be k-th powers (m**k and n**k) for the same k."
         )
-    return Plan(
+    return Candidates(
         in_features,
         out_features,
         max_factors,

@@ -11,14 +11,14 @@ Layer types are read through a registry of converters (:data:`KRONIFY_MAPPING`,
 (:class:`DenseView`) or raises :class:`Unconvertible` with the reason the report shows.
 """
 
+from torchkron.surgery._kronify import kronify as kronify
+from torchkron.surgery._merge import merge as merge
 from torchkron.surgery.converters import KRONIFY_MAPPING as KRONIFY_MAPPING
 from torchkron.surgery.converters import ConverterTable as ConverterTable
 from torchkron.surgery.converters import DenseView as DenseView
 from torchkron.surgery.converters import LayerConverter as LayerConverter
 from torchkron.surgery.converters import Unconvertible as Unconvertible
 from torchkron.surgery.converters import register_converter as register_converter
-from torchkron.surgery.kronify import kronify as kronify
-from torchkron.surgery.merge import merge as merge
 from torchkron.surgery.plan import PLAN_ATTRIBUTE as PLAN_ATTRIBUTE
 from torchkron.surgery.plan import PLAN_FORMAT as PLAN_FORMAT
 from torchkron.surgery.plan import apply_plan as apply_plan

@@ -11,12 +11,12 @@ import pytest
 
 from torchkron.experiments.cli import main
 from torchkron.experiments.commands.plan import format_plan
-from torchkron.factorization.candidates import layer_plans
+from torchkron.factorization.candidates import layer_candidates
 
 
 def test_format_plan_table():
     # 12 = 2^2 * 3 splits as 6*2 or 4*3, 6 as 3*2: four pairings, checked by hand.
-    text = format_plan(layer_plans(12, 6, 2))
+    text = format_plan(layer_candidates(12, 6, 2))
     assert text.splitlines() == [
         "12 -> 6 (12 = 2^2 * 3, 6 = 2 * 3): dense 72 weights, 144 FLOPs/sample; rank 1, "
         "untied; 1..2 factors, 5 factorisation(s), sorted by weights.",

@@ -1,7 +1,7 @@
 """``torchkron plan IN OUT``: every way to factor one layer, with what each costs.
 
-The search is :mod:`torchkron.factorization.candidates` (:func:`layer_plans`,
-:func:`count_plans`); this module formats its result as a table or JSON and holds the
+The search is :mod:`torchkron.factorization.candidates` (:func:`layer_candidates`,
+:func:`count_candidates`); this module formats its result as a table or JSON and holds the
 subcommand's arguments.
 """
 
@@ -17,10 +17,10 @@ from torchkron.factorization.candidates import (
     MAX_ALL_ROWS,
     MAX_FACTORS,
     MAX_SIZE,
-    Plan,
+    Candidates,
     Shapes,
-    count_plans,
-    layer_plans,
+    count_candidates,
+    layer_candidates,
 )
 
 __all__ = ["add_arguments", "format_plan", "run"]
@@ -30,7 +30,7 @@ def _shapes_text(shapes: Shapes) -> str:
     return " (x) ".join(f"{o}x{n}" for o, n in shapes)
 
 
-def format_plan(plan: Plan) -> str:
+def format_plan(plan: Candidates) -> str:
     """The plan as a text table with a header line and the notes."""
     mode = f"rank {plan.rank}, " + ("tied" if plan.tied else "untied")
     if plan.allow_ones:
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         if value > MAX_SIZE:
             raise UserError(f"{name} must be at most 2**32 = {MAX_SIZE:,}, got {value:,}.")
     if args.all:
-        total = count_plans(
+        total = count_candidates(
             args.in_features,
             args.out_features,
             args.factors,
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                 f"--all would list {total:,} factorisations (at most {MAX_ALL_ROWS:,}); use "
                 f"--top M for the M cheapest, or fewer --factors."
             )
-    plan = layer_plans(
+    plan = layer_candidates(
         args.in_features,
         args.out_features,
         args.factors,
