@@ -45,6 +45,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check src tests benchmarks tools
 
 typecheck: $(STAMP)

@@ -25,11 +25,17 @@ def _private(part: str) -> bool:
 
 
 def _source(module: str) -> tuple[Path, str] | None:
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+    # Located from the top-level package's folder, never by importing: a broken tree (the
+    # very thing a contract reports) may not import at all.
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(spec.origin)
-    return path, path.read_text(encoding="utf-8")
+    base = Path(next(iter(spec.submodule_search_locations))).joinpath(*rest)
+    for path in (base / "__init__.py", base.with_suffix(".py")):
+        if path.is_file():
+            return path, path.read_text(encoding="utf-8")
+    return None
 
 
 def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
@@ -43,23 +49,33 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
 
 
 class PrivateNamesContract(Contract):
-    """``importers`` (and their descendants) import no private name of ``exporters``."""
+    """Across ``containers``, imports name public things only.
+
+    A module inside one container (e.g. ``torchkron.layers``) may import private names of
+    its own container; of any other module of ``root`` (another container, or the root
+    package's own ``_version``) only public ones: no name, and no module path segment,
+    with a single leading underscore.
+    """
 
     type_name = "private_names"
 
-    importers = fields.SetField(subfield=fields.ModuleExpressionField())
-    exporters = fields.SetField(subfield=fields.ModuleExpressionField())
+    root = fields.StringField()
+    containers = fields.ListField(subfield=fields.StringField())
 
     def check(self, graph: grimp.ImportGraph, verbose: bool) -> ContractCheck:
-        importers = {e.expression for e in self.importers}  # type: ignore[attr-defined]
-        exporters = {e.expression for e in self.exporters}  # type: ignore[attr-defined]
+        root = str(self.root)  # type: ignore[arg-type]
+        containers = [str(c) for c in self.containers]  # type: ignore[attr-defined]
 
-        def under(module: str, roots: set[str]) -> bool:
-            return any(module == r or module.startswith(r + ".") for r in roots)
+        def under(module: str, prefix: str) -> bool:
+            return module == prefix or module.startswith(prefix + ".")
+
+        def home(module: str) -> str | None:
+            return next((c for c in containers if under(module, c)), None)
 
         violations: list[str] = []
         for module in sorted(graph.modules):
-            if not under(module, importers):
+            own = home(module)
+            if own is None:
                 continue
             found = _source(module)
             if found is None:
@@ -74,7 +90,7 @@ class PrivateNamesContract(Contract):
                 elif isinstance(node, ast.Import):
                     targets = [(alias.name, None) for alias in node.names]
                 for target, name in targets:
-                    if not under(target, exporters) or under(target, importers):
+                    if not under(target, root) or under(target, own):
                         continue
                     parts = target.split(".") + ([name] if name else [])
                     if any(_private(p) for p in parts):
@@ -87,6 +103,6 @@ class PrivateNamesContract(Contract):
             output.print_error(f"- {line}", bold=False)
             output.new_line()
         output.print(
-            "Import a public name instead (export one from the library if the harness "
-            "needs it); private names may change without notice."
+            "Import a public name instead (export one from the package that owns it); "
+            "private names may change without notice."
         )
