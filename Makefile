@@ -23,7 +23,7 @@ DATA_ARG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 LM_DATA_DIR ?= $(if $(wildcard ../shared/data/tinyshakespeare),../shared/data/tinyshakespeare,)
 LM_DATA_ARG := $(if $(LM_DATA_DIR),--data-dir $(LM_DATA_DIR),)
 
-.PHONY: venv test lint typecheck check reproduce report results readme bench sweep compress lm lm-report clean
+.PHONY: venv test lint typecheck check check-wheel reproduce report results readme bench sweep compress lm lm-report clean
 
 venv: $(STAMP)
 
@@ -52,6 +52,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck test
+
+# Build the wheel, install it in a fresh venv and run the README example (CI runs it).
+check-wheel:
+	bash tools/check_wheel.sh
 
 # Trains the whole experiment from scratch into the untracked runs/mnist (the committed
 # reference in results/mnist is left alone) and ends with its table, plots and a
