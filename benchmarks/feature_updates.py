@@ -132,36 +132,35 @@ def measure(widths: tuple[int, ...] = WIDTHS) -> dict[str, Any]:
     }
 
 
+def _tables(by_init: dict[str, Any], widths: list[str], cell: str) -> list[str]:
+    """One table per init: a row per layer, a ``cell``-formatted pair per width."""
+    head = "| layer | " + " | ".join(widths) + " |\n|---|" + "---:|" * len(widths) + "\n"
+    out = []
+    for init, by_width in by_init.items():
+        rows = [
+            f"| {name} | " + " | ".join(cell.format(*by_width[w][name]) for w in widths) + " |\n"
+            for name in by_width[widths[0]]
+        ]
+        out += [f'`init="{init}"`:\n', head + "".join(rows)]
+    return out
+
+
 def render(doc: dict[str, Any]) -> str:
     """The Markdown tables of a ``measure`` result."""
     widths = [str(w) for w in doc["widths"]]
-    head = "| layer | " + " | ".join(widths) + " |\n|---|" + "---:|" * len(widths) + "\n"
-    lines = [
-        "# Init scales and feature updates\n",
-        f"Square layers, `{' / '.join(widths)}` wide; torch {doc['torch']}, "
-        f"{doc['machine']}; `benchmarks/feature_updates.py`.\n",
-        "## Init: std of W / std of the outputs (N(0, 1) inputs, 3 draws)\n",
-    ]
-    for init, by_width in doc["init"].items():
-        lines.append(f'`init="{init}"`:\n')
-        rows = [head]
-        for name in by_width[widths[0]]:
-            cells = [f"{by_width[w][name][0]:.4f} / {by_width[w][name][1]:.3f}" for w in widths]
-            rows.append(f"| {name} | " + " | ".join(cells) + " |\n")
-        lines.append("".join(rows))
-    lines.append(
-        f"## One AdamW step: relative output change over nn.Linear's, plain / rule\n\n"
-        f"Batch {doc['batch']}, base rate `{doc['lr_times_width']} / width` for every tensor "
-        f"(plain) or from `param_groups` (rule); within 2x of dense is 0.50 to 2.00.\n"
+    return "\n".join(
+        [
+            "# Init scales and feature updates\n",
+            f"Square layers, `{' / '.join(widths)}` wide; torch {doc['torch']}, "
+            f"{doc['machine']}; `benchmarks/feature_updates.py`.\n",
+            "## Init: std of W / std of the outputs (N(0, 1) inputs, 3 draws)\n",
+            *_tables(doc["init"], widths, "{:.4f} / {:.3f}"),
+            "## One AdamW step: relative output change over nn.Linear's, plain / rule\n\n"
+            f"Batch {doc['batch']}, base rate `{doc['lr_times_width']} / width` for every "
+            "tensor (plain) or from `param_groups` (rule); within 2x of dense is 0.50 to 2.00.\n",
+            *_tables(doc["updates"], widths, "{:.2f} / {:.2f}"),
+        ]
     )
-    for init, by_width in doc["updates"].items():
-        lines.append(f'`init="{init}"`:\n')
-        rows = [head]
-        for name in by_width[widths[0]]:
-            cells = [f"{by_width[w][name][0]:.2f} / {by_width[w][name][1]:.2f}" for w in widths]
-            rows.append(f"| {name} | " + " | ".join(cells) + " |\n")
-        lines.append("".join(rows))
-    return "\n".join(lines)
 
 
 def _write(path: Path, text: str) -> None:

@@ -109,8 +109,13 @@ def check_init(cls: str, init: object) -> str:
     return str(init)
 
 
-def per_factor_init_(layer: nn.Module, fans: list[FactorFans]) -> None:
-    """Draw each factor ``N(0, per_factor_std**2)``: the ``init="per-factor"`` scheme."""
+class _FactoredLayer(_SizedLayer, Protocol):
+    def factor_fans(self) -> list[FactorFans]: ...
+
+
+def per_factor_init_(layer: _FactoredLayer) -> None:
+    """``init="per-factor"``: each factor ``N(0, per_factor_std**2)``, bias as ``nn.Linear``."""
     with torch.no_grad():
-        for fan in fans:
+        for fan in layer.factor_fans():
             getattr(layer, fan.name).normal_(0.0, fan.per_factor_std())
+        init_bias(layer.bias, layer.in_features)

@@ -145,9 +145,7 @@ class MonarchLinear(nn.Module):
         """Draw the factors by ``init`` (:meth:`factor_std` or :meth:`factor_fans`), bias as
         ``nn.Linear``."""
         if self.init == "per-factor":
-            per_factor_init_(self, self.factor_fans())
-            with torch.no_grad():
-                init_bias(self.bias, self.in_features)
+            per_factor_init_(self)
             return
         s1, s2 = self.factor_std()
         with torch.no_grad():
