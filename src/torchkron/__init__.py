@@ -18,6 +18,9 @@ from torchkron.factorization import nearest_kronecker as nearest_kronecker
 from torchkron.layers import KronLinear as KronLinear
 from torchkron.layers import LowRankLinear as LowRankLinear
 from torchkron.layers import MonarchLinear as MonarchLinear
+from torchkron.optim import ParamRule as ParamRule
+from torchkron.optim import lr_multipliers as lr_multipliers
+from torchkron.optim import param_groups as param_groups
 from torchkron.serialization import load as load
 from torchkron.serialization import save as save
 from torchkron.surgery import KRONIFY_MAPPING as KRONIFY_MAPPING
@@ -41,6 +44,7 @@ __all__ = [
     "LayerReport",
     "LowRankLinear",
     "MonarchLinear",
+    "ParamRule",
     "RankClippedWarning",
     "Unconvertible",
     "__version__",
@@ -51,9 +55,11 @@ __all__ = [
     "kronify_plan",
     "layer_factorizations",
     "load",
+    "lr_multipliers",
     "max_kronecker_rank",
     "merge",
     "nearest_kronecker",
+    "param_groups",
     "register_converter",
     "save",
 ]

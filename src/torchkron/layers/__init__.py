@@ -6,11 +6,13 @@
   block-diagonal (Dao et al., ICML 2022).
 
 All three take ``nn.Linear``'s ``(in_features, out_features, bias, device, dtype)`` and
-initialise so that the dense weight they represent has ``nn.Linear``'s variance.
+initialise so that the dense weight they represent has ``nn.Linear``'s variance, or, with
+``init="per-factor"``, each factor as a dense matrix of its own size (:class:`FactorFans`).
 """
 
+from torchkron.layers._common import FactorFans as FactorFans
 from torchkron.layers.kron import KronLinear as KronLinear
 from torchkron.layers.lowrank import LowRankLinear as LowRankLinear
 from torchkron.layers.monarch import MonarchLinear as MonarchLinear
 
-__all__ = ["KronLinear", "LowRankLinear", "MonarchLinear"]
+__all__ = ["FactorFans", "KronLinear", "LowRankLinear", "MonarchLinear"]

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["add_bias", "check_args", "check_input", "extra_repr", "init_bias"]
+__all__ = [
+    "INITS",
+    "FactorFans",
+    "add_bias",
+    "check_args",
+    "check_init",
+    "check_input",
+    "extra_repr",
+    "init_bias",
+    "per_factor_init_",
+]
 
 
 def add_bias(module: nn.Module, bias: bool, out_features: int, kw: dict[str, Any]) -> None:
@@ -56,3 +66,56 @@ def extra_repr(layer: _SizedLayer, name: str, value: int) -> str:
         f"in_features={layer.in_features}, out_features={layer.out_features}, "
         f"{name}={value}, bias={layer.bias is not None}"
     )
+
+
+# The per-factor init (``init="per-factor"``) and torchkron.optim's learning-rate
+# multipliers both read a structured layer as its factors, each a dense matrix.
+INITS = ("variance", "per-factor")
+
+
+class FactorFans(NamedTuple):
+    """One factor of a structured layer, seen as a dense matrix of its own size.
+
+    Attributes:
+        name: the factor's parameter name on the layer (``"factor_0"``, ``"u"``, ...).
+        fan_in: ``d_in`` of the factor: the number of inputs each of its outputs sums.
+        fan_out: ``d_out`` of the factor.
+        uses: how many factor positions this tensor fills (``k`` for a tied
+            ``KronLinear`` factor, else 1).
+        scale: the factor's share of a sum's init scale: ``R ** (-1 / (2k))`` for the
+            ``k`` factors of ``KronLinear``'s ``R`` summed products, else 1.
+    """
+
+    name: str
+    fan_in: int
+    fan_out: int
+    uses: int = 1
+    scale: float = 1.0
+
+    def per_factor_std(self) -> float:
+        """``scale * sqrt(1 / fan_in) * min(1, sqrt(fan_out / fan_in))`` (Qiu et al. 2024)."""
+        ratio = min(1.0, math.sqrt(self.fan_out / self.fan_in))
+        return self.scale * math.sqrt(1.0 / self.fan_in) * ratio
+
+
+def check_init(cls: str, init: object) -> str:
+    """``init`` if it names a known init scheme, else a ``ValueError`` listing them."""
+    if init not in INITS:
+        raise ValueError(
+            f"{cls}: init must be one of {', '.join(map(repr, INITS))}, got {init!r}; "
+            f"'variance' (the default) matches nn.Linear's output variance, 'per-factor' "
+            f"draws each factor as a dense matrix of its own size."
+        )
+    return str(init)
+
+
+class _FactoredLayer(_SizedLayer, Protocol):
+    def factor_fans(self) -> list[FactorFans]: ...
+
+
+def per_factor_init_(layer: _FactoredLayer) -> None:
+    """``init="per-factor"``: each factor ``N(0, per_factor_std**2)``, bias as ``nn.Linear``."""
+    with torch.no_grad():
+        for fan in layer.factor_fans():
+            getattr(layer, fan.name).normal_(0.0, fan.per_factor_std())
+        init_bias(layer.bias, layer.in_features)

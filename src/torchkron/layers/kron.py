@@ -23,7 +23,14 @@ from torchkron.factorization import (
     max_kronecker_rank,
 )
 from torchkron.functional import kron_linear, kron_weight
-from torchkron.layers._common import add_bias, check_input, init_bias
+from torchkron.layers._common import (
+    FactorFans,
+    add_bias,
+    check_init,
+    check_input,
+    init_bias,
+    per_factor_init_,
+)
 
 # Set by KronLinear.convert_dense_checkpoints(): load_state_dict converts dense weights.
 _CONVERT_DENSE: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -85,6 +92,10 @@ class KronLinear(nn.Module):
             parameters. :meth:`from_linear` instead lowers it to ``M`` (extra terms
             would be exact zeros) and records the request in ``requested_rank``.
         tied: use one factor for every position (``U (x) U``); all shapes must be equal.
+        init: ``"variance"`` (default): :meth:`factor_std`, so ``W`` has ``nn.Linear``'s
+            variance. ``"per-factor"``: each factor drawn as a dense matrix of its own
+            size (:meth:`factor_fans`; Qiu et al. 2024), the init that
+            :func:`torchkron.param_groups`' learning rates assume (docs/training.md).
         device: device of the parameters.
         dtype: dtype of the parameters.
 
@@ -124,6 +135,7 @@ class KronLinear(nn.Module):
     tied: bool
     approximation_error: float | None
     requested_rank: int
+    init: str
 
     def __init__(
         self,
@@ -135,10 +147,12 @@ class KronLinear(nn.Module):
         num_factors: int = 2,
         rank: int = 1,
         tied: bool = False,
+        init: str = "variance",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.init = check_init("KronLinear", init)
         in_features = check_positive_int(in_features, "in_features", "KronLinear")
         out_features = check_positive_int(out_features, "out_features", "KronLinear")
         rank = _layer_rank(rank)
@@ -245,8 +259,29 @@ class KronLinear(nn.Module):
         var_w = 1.0 / (3.0 * self.in_features)
         return float((var_w / self.rank) ** (1.0 / (2 * len(self.shapes))))
 
+    def factor_fans(self) -> list[FactorFans]:
+        """Each factor as a dense matrix: ``F_i[r]`` maps ``in_i`` inputs to ``out_i``.
+
+        The ``R`` summed products share the init scale ``R ** (-1 / (2k))`` per factor, so
+        that their sum has one product's variance; a tied factor fills all ``k`` positions.
+
+        Examples:
+            >>> KronLinear(64, 32, shapes=[(4, 8), (8, 8)], rank=4).factor_fans()[0]
+            FactorFans(name='factor_0', fan_in=8, fan_out=4, uses=1, scale=0.7071067811865476)
+        """
+        k = len(self.shapes)
+        scale = float(self.rank ** (-1.0 / (2 * k)))
+        if self.tied:
+            (o, n) = self.shapes[0]
+            return [FactorFans("tied_factor", n, o, k, scale)]
+        return [FactorFans(f"factor_{i}", n, o, 1, scale) for i, (o, n) in enumerate(self.shapes)]
+
     def reset_parameters(self) -> None:
-        """Draw factors uniformly with the std of :meth:`factor_std`; bias as ``nn.Linear``."""
+        """Draw the factors by ``init`` (:meth:`factor_std` or :meth:`factor_fans`), bias as
+        ``nn.Linear``."""
+        if self.init == "per-factor":
+            per_factor_init_(self)
+            return
         bound = math.sqrt(3.0) * self.factor_std()
         with torch.no_grad():
             for p in dict.fromkeys(self.factors):  # a tied factor once

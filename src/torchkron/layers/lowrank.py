@@ -14,7 +14,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchkron.layers._common import add_bias, check_args, check_input, extra_repr, init_bias
+from torchkron.layers._common import (
+    FactorFans,
+    add_bias,
+    check_args,
+    check_init,
+    check_input,
+    extra_repr,
+    init_bias,
+    per_factor_init_,
+)
 
 __all__ = ["LowRankLinear"]
 
@@ -30,6 +39,10 @@ class LowRankLinear(nn.Module):
         out_features: size of each output sample.
         rank: inner dimension ``r`` of the factorisation.
         bias: if ``False``, the layer learns no additive bias.
+        init: ``"variance"`` (default): :meth:`factor_std`, so ``W`` has ``nn.Linear``'s
+            variance. ``"per-factor"``: each factor drawn as a dense matrix of its own
+            size (:meth:`factor_fans`; Qiu et al. 2024), the init that
+            :func:`torchkron.param_groups`' learning rates assume (docs/training.md).
         device: device of the parameters.
         dtype: dtype of the parameters.
 
@@ -54,6 +67,7 @@ class LowRankLinear(nn.Module):
     in_features: int
     out_features: int
     rank: int
+    init: str
 
     def __init__(
         self,
@@ -62,10 +76,12 @@ class LowRankLinear(nn.Module):
         rank: int,
         bias: bool = True,
         *,
+        init: str = "variance",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.init = check_init("LowRankLinear", init)
         check_args("LowRankLinear", in_features, out_features, "rank", rank)
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
@@ -91,8 +107,25 @@ class LowRankLinear(nn.Module):
         """
         return float((1.0 / (3.0 * self.in_features * self.rank)) ** 0.25)
 
+    def factor_fans(self) -> list[FactorFans]:
+        """Each factor as a dense matrix: ``V`` maps ``in`` to ``rank``, ``U`` ``rank`` to ``out``.
+
+        Examples:
+            >>> fans = LowRankLinear(128, 512, rank=16).factor_fans()
+            >>> [(f.name, f.fan_in, f.fan_out) for f in fans]
+            [('v', 128, 16), ('u', 16, 512)]
+        """
+        return [
+            FactorFans("v", self.in_features, self.rank),
+            FactorFans("u", self.rank, self.out_features),
+        ]
+
     def reset_parameters(self) -> None:
-        """Draw ``U`` and ``V`` uniformly with :meth:`factor_std`; bias as ``nn.Linear``."""
+        """Draw the factors by ``init`` (:meth:`factor_std` or :meth:`factor_fans`), bias as
+        ``nn.Linear``."""
+        if self.init == "per-factor":
+            per_factor_init_(self)
+            return
         bound = math.sqrt(3.0) * self.factor_std()
         with torch.no_grad():
             self.u.uniform_(-bound, bound)

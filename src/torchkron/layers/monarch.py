@@ -15,7 +15,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchkron.layers._common import add_bias, check_args, check_input, extra_repr, init_bias
+from torchkron.layers._common import (
+    FactorFans,
+    add_bias,
+    check_args,
+    check_init,
+    check_input,
+    extra_repr,
+    init_bias,
+    per_factor_init_,
+)
 
 __all__ = ["MonarchLinear"]
 
@@ -36,6 +45,10 @@ class MonarchLinear(nn.Module):
         out_features: size of each output sample; divisible by ``nblocks``.
         nblocks: number of blocks ``b`` of each block-diagonal factor.
         bias: if ``False``, the layer learns no additive bias.
+        init: ``"variance"`` (default): :meth:`factor_std`, so ``W`` has ``nn.Linear``'s
+            variance. ``"per-factor"``: each factor drawn as a dense matrix of its own
+            size (:meth:`factor_fans`; Qiu et al. 2024), the init that
+            :func:`torchkron.param_groups`' learning rates assume (docs/training.md).
         device: device of the parameters.
         dtype: dtype of the parameters.
 
@@ -60,6 +73,7 @@ class MonarchLinear(nn.Module):
     in_features: int
     out_features: int
     nblocks: int
+    init: str
 
     def __init__(
         self,
@@ -68,10 +82,12 @@ class MonarchLinear(nn.Module):
         nblocks: int,
         bias: bool = True,
         *,
+        init: str = "variance",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.init = check_init("MonarchLinear", init)
         check_args("MonarchLinear", in_features, out_features, "nblocks", nblocks)
         mid = min(in_features, out_features)
         for name, size in (("in_features", in_features), ("out_features", out_features)):
@@ -111,8 +127,26 @@ class MonarchLinear(nn.Module):
         std = (1.0 / (3.0 * self.in_features * inner)) ** 0.25
         return float(std), float(std)
 
+    def factor_fans(self) -> list[FactorFans]:
+        """Each factor as a dense matrix: its blocks map ``in/b -> m/b`` and ``m/b -> out/b``.
+
+        Examples:
+            >>> fans = MonarchLinear(128, 512, nblocks=8).factor_fans()
+            >>> [(f.name, f.fan_in, f.fan_out) for f in fans]
+            [('blkdiag1', 16, 16), ('blkdiag2', 16, 64)]
+        """
+        b, mid = self.nblocks, self.mid_features
+        return [
+            FactorFans("blkdiag1", self.in_features // b, mid // b),
+            FactorFans("blkdiag2", mid // b, self.out_features // b),
+        ]
+
     def reset_parameters(self) -> None:
-        """Draw both factors uniformly with :meth:`factor_std`; bias as ``nn.Linear``."""
+        """Draw the factors by ``init`` (:meth:`factor_std` or :meth:`factor_fans`), bias as
+        ``nn.Linear``."""
+        if self.init == "per-factor":
+            per_factor_init_(self)
+            return
         s1, s2 = self.factor_std()
         with torch.no_grad():
             self.blkdiag1.uniform_(-math.sqrt(3.0) * s1, math.sqrt(3.0) * s1)
