@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.experiments.locks import held_by_another_session
 
 from torchkron.experiments.cli import main
 from torchkron.experiments.common.errors import UserError
@@ -42,6 +41,14 @@ def _err(capsys: pytest.CaptureFixture[str]) -> str:
     return err
 
 
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """argparse's refusal of ``argv`` (exit 2, before anything runs): its stderr."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    return _err(capsys)
+
+
 # -- run names ----------------------------------------------------------------------------
 
 
@@ -57,13 +64,13 @@ def test_train_refuses_a_name_that_is_a_path(
     name: str, why: str, text_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exc:  # argparse's exit: refused before anything runs
-        _train(text_dir, out, "--name", name)
-    assert exc.value.code == 2
+    err = _refused(
+        ["lm", "train", "--out", str(out), "--data-dir", str(text_dir), "--name", name], capsys
+    )
     assert (
         f"torchkron lm train: error: argument --name: Run name {name!r} cannot be used: {why}. "
         "A run name becomes a file name inside --out, so it must be one plain name without "
-        "'/', '\\' or '..' (e.g. kron-mlp-k2-r4)." in _err(capsys)
+        "'/', '\\' or '..' (e.g. kron-mlp-k2-r4)." in err
     )
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["text"]  # nothing outside either
@@ -90,12 +97,10 @@ def test_non_finite_options_are_refused_at_parse_time(
     command: str, option: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exc:
-        main(["lm", command, "--out", str(out), option, value])
-    assert exc.value.code == 2
+    err = _refused(["lm", command, "--out", str(out), option, value], capsys)
     assert (
-        f"torchkron lm {command}: error: argument {option}: must be a finite number, "
-        f"got {value}" in _err(capsys)
+        f"torchkron lm {command}: error: argument {option}: must be a finite number, got {value}"
+        in err
     )
     assert not out.exists()
 
@@ -295,32 +300,20 @@ def test_second_session_on_the_same_out_is_refused(
     command: str, text_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    out.mkdir()
-    holder = subprocess.Popen(["sleep", "60"])
-    try:
-        lock = {
-            "pid": holder.pid,
-            "host": os.uname().nodename,
-            "command": "torchkron lm sweep --resume",
-            "started_at": "2026-12-01T10:00:00+00:00",
-        }
-        (out / LOCK_FILE).write_text(json.dumps(lock))
-        args = (
-            ["lm", "train", "--out", str(out), "--data-dir", str(text_dir), *TINY]
-            if command == "train"
-            else _sweep_args(text_dir, out, "1e-3", "2e-3")
-        )
+    args = (
+        ["lm", "train", "--out", str(out), "--data-dir", str(text_dir), *TINY]
+        if command == "train"
+        else _sweep_args(text_dir, out, "1e-3", "2e-3")
+    )
+    with held_by_another_session(out, "torchkron lm sweep --resume") as lock:
         assert main([*args, "--resume"]) == 2
         assert (
             f"torchkron lm: error: {out} is in use by another torchkron session: pid "
-            f"{holder.pid}, `torchkron lm sweep --resume`, since 2026-12-01T10:00:00+00:00. "
+            f"{lock['pid']}, `torchkron lm sweep --resume`, since 2026-12-01T10:00:00+00:00. "
             "Wait for it to finish or stop it, or pass another --out; if that process is "
             f"gone, delete {out / LOCK_FILE}." in _err(capsys)
         )
         assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing written
         assert json.loads((out / LOCK_FILE).read_text()) == lock
-    finally:
-        holder.kill()
-        holder.wait()
     assert main([*args, "--resume"]) == 0  # once it is gone, the folder is free again
     assert not (out / LOCK_FILE).exists()  # and released at the end

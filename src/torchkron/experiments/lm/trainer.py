@@ -340,13 +340,7 @@ def train_lm(
                 on_eval(EvalEvent(job.name, job.seed, it, it, train_loss, val_loss, tps, start))
             return record
         if it == config.iters:
-            final: dict[str, Any] = {
-                "val_loss": val_loss,
-                "train_loss": train_loss,
-                "train_seconds": train_seconds,
-                "tokens_per_s": it * tokens / max(train_seconds, 1e-9),
-                "step_seconds": train_seconds / it,
-            }
+            final = _final(val_loss, train_loss, it, tokens, train_seconds)
             if config.full_eval:
                 final["val_loss_full"] = full_split_loss(model, val_ids, block)
             record["final"] = final
@@ -376,6 +370,19 @@ def train_lm(
     return record
 
 
+def _final(
+    val_loss: float | None, train_loss: float | None, it: int, tokens: int, train_seconds: float
+) -> dict[str, Any]:
+    """A run's ``final`` numbers after ``it`` steps of ``tokens`` tokens each."""
+    return {
+        "val_loss": val_loss,
+        "train_loss": train_loss,
+        "train_seconds": train_seconds,
+        "tokens_per_s": it * tokens / max(train_seconds, 1e-9),
+        "step_seconds": train_seconds / it,
+    }
+
+
 def _diverged(
     record: RunRecord,
     job: LMJob,
@@ -386,13 +393,7 @@ def _diverged(
     tokens: int,
 ) -> None:
     """Mark ``record`` as a finished run that diverged at step ``it``: losses null, a reason."""
-    final: dict[str, Any] = {
-        "val_loss": None,
-        "train_loss": None,
-        "train_seconds": train_seconds,
-        "tokens_per_s": it * tokens / max(train_seconds, 1e-9),
-        "step_seconds": train_seconds / it,
-    }
+    final = _final(None, None, it, tokens, train_seconds)
     if job.config.full_eval:
         final["val_loss_full"] = None
     record["final"] = final
