@@ -82,8 +82,7 @@ def positive_float(text: str) -> float:
 
 
 def non_negative_float(text: str) -> float:
-    # No finiteness check, unlike finite_float: ``lm``'s options have always accepted inf.
-    value = _number(text)
+    value = finite_float(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value

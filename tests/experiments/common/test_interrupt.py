@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.experiments.locks import held_by_another_session
 from tests.experiments.synthetic import write_synthetic_mnist
 
 from torchkron.experiments.cli import main
@@ -134,30 +135,18 @@ def _train(synth: Path, out: Path, *extra: str) -> int:
 
 def test_second_session_on_the_same_folder_is_refused(synth, tmp_path, capsys):
     out = tmp_path / "out"
-    out.mkdir()
-    holder = subprocess.Popen(["sleep", "60"])
-    try:
-        lock = {
-            "pid": holder.pid,
-            "host": os.uname().nodename,
-            "command": "torchkron reproduce --lr 0.5",
-            "started_at": "2026-12-01T10:00:00+00:00",
-        }
-        (out / LOCK_FILE).write_text(json.dumps(lock))
+    with held_by_another_session(out, "torchkron reproduce --lr 0.5") as lock:
         assert _train(synth, out) == 2
         err = capsys.readouterr().err
         assert (
             f"torchkron train: error: {out} is in use by another torchkron session: pid "
-            f"{holder.pid}, `torchkron reproduce --lr 0.5`, since 2026-12-01T10:00:00+00:00. "
+            f"{lock['pid']}, `torchkron reproduce --lr 0.5`, since 2026-12-01T10:00:00+00:00. "
             "Wait for it to finish or stop it, or pass another --out; if that process is "
             f"gone, delete {out / LOCK_FILE}." in err
         )
         assert "Traceback" not in err
         assert not (out / "runs").exists()  # nothing written
         assert json.loads((out / LOCK_FILE).read_text()) == lock  # the holder keeps it
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over(synth, tmp_path):

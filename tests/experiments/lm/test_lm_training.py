@@ -30,18 +30,6 @@ from torchkron.experiments.lm.trainer import (
     train_lm,
 )
 
-WORDS = ["to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis"]
-
-
-@pytest.fixture
-def text_dir(tmp_path: Path) -> Path:
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randint(len(WORDS), (1500,), generator=g).tolist()
-    folder = tmp_path / "text"
-    folder.mkdir()
-    (folder / "input.txt").write_text(" ".join(WORDS[i] for i in idx) + "\n")
-    return folder
-
 
 def tiny_spec(vocab: int, **kw: object) -> GPTSpec:
     base: dict[str, object] = {

@@ -338,3 +338,32 @@ def test_report_modules_do_not_import_matplotlib() -> None:
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_verdict_from_single_seeds_says_seed_noise_was_not_measured(tmp_path: Path) -> None:
+    single = {name: finals[:1] for name, finals in HOLDING.items()}
+    f = by_id(summary_of(tmp_path, single))
+    kron = f["kron-input-hidden"]
+    assert kron["holds"] is True
+    assert kron["seed_noise"] == "not measured (n = 1)"
+    assert kron["evidence"].startswith(
+        "Seed noise not measured (n = 1): 2 of 2 comparison(s) rest on one seed per variant, "
+        "so the verdict may not survive other seeds; rerun with --seeds 3. one-kron-mat 97.60 "
+        "± 0.00 % (n=1) vs original 98.00 ± 0.00 % (n=1): -0.40 pp, seed noise not measured "
+        "(n = 1); "
+    )
+    text = report_text(summary_of(tmp_path / "again", single))
+    assert (
+        "[holds, seed noise not measured (n = 1)] A Kronecker input-hidden layer costs almost "
+        "no accuracy" in text
+    )
+    assert "[holds]" not in text
+    md = results_markdown(summary_of(tmp_path / "md", single))
+    assert "**holds**: A Kronecker input-hidden layer" in md
+    assert "within 1 pp of original. Seed noise not measured (n = 1): 2 of 2" in md
+
+
+def test_three_seeds_keep_the_plain_verdict(tmp_path: Path) -> None:
+    f = by_id(summary_of(tmp_path, HOLDING))
+    assert all("seed_noise" not in x for x in f.values())
+    assert "not measured" not in report_text(summary_of(tmp_path / "again", HOLDING))

@@ -269,3 +269,22 @@ def _tree_dirty() -> bool:
         not line[3:].startswith(("results/", "runs/", "benchmarks/results/"))
         for line in status.splitlines()
     )
+
+
+def test_piped_reproduce_says_where_the_epoch_log_and_the_plots_are(synth, tmp_path, capsys):
+    out_dir = tmp_path / "piped"
+    argv = ["reproduce", "--data-dir", str(synth), "--out", str(out_dir), "--no-compare"]
+    assert main([*argv, *VARIANTS, *FAST]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    log = out_dir / "reproduce.log"
+    # At the start, before any run: the command, then where the line per epoch goes.
+    assert lines[0].startswith("$ torchkron reproduce")
+    assert lines[1] == f"per-epoch progress: {log} (follow it with `tail -f {log}`)"
+    assert "epoch 2/2" in log.read_text()  # and it is there
+    # At the end: the plots, then the results file.
+    assert lines[-2:] == [
+        f"plots: {out_dir / 'accuracy.png'}, {out_dir / 'loss.png'}",
+        f"results: {out_dir / 'results.md'}",
+    ]
+    assert (out_dir / "accuracy.png").is_file()
+    assert (out_dir / "loss.png").is_file()

@@ -12,14 +12,19 @@ Heavy imports (torch, matplotlib) happen only when a subcommand runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from torchkron.experiments.common.errors import UserError
+from torchkron.experiments.common.runs import check_run_name
 from torchkron.experiments.lm.config import LMConfig
 from torchkron.experiments.options import (
     config_from,
     default_of,
+    finite_float,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -84,8 +89,12 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
         default=_default("lr_decay_iters"),
         help="end of the cosine (0: --iters)",
     )
-    g.add_argument("--beta1", type=float, default=_default("beta1"), help="default %(default)s")
-    g.add_argument("--beta2", type=float, default=_default("beta2"), help="default %(default)s")
+    g.add_argument(
+        "--beta1", type=finite_float, default=_default("beta1"), help="default %(default)s"
+    )
+    g.add_argument(
+        "--beta2", type=finite_float, default=_default("beta2"), help="default %(default)s"
+    )
     g.add_argument(
         "--weight-decay",
         type=non_negative_float,
@@ -151,6 +160,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines (log still written)")
 
 
+def _run_name(text: str) -> str:
+    """``--name``: a plain file name (it names the run's files inside --out)."""
+    try:
+        return check_run_name(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _default(name: str) -> Any:
     return default_of(LMConfig, name)
 
@@ -183,7 +200,6 @@ def _load(args: argparse.Namespace, progress: Any) -> Any:
 
 
 def _refuse_overwrite(names: list[tuple[str, int]], out: Path, resume: bool) -> None:
-    from torchkron.experiments.common.errors import UserError
     from torchkron.experiments.lm.trainer import LMPaths
 
     if resume:
@@ -198,20 +214,21 @@ def _refuse_overwrite(names: list[tuple[str, int]], out: Path, resume: bool) -> 
         )
 
 
-def _progress(args: argparse.Namespace) -> Any:
+@contextlib.contextmanager
+def _session(args: argparse.Namespace) -> Iterator[Any]:
+    """``--out`` locked for this session (as the MNIST commands do: a second session
+    writing into it gets the lock's message), and the progress log opened."""
+    from torchkron.experiments.common.lock import FolderLock
     from torchkron.experiments.lm.runner import LMProgress
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    progress = LMProgress(quiet=args.quiet, log_path=args.out / LOG_FILE, force=True)
-    progress.message(f"$ {args.command_line}")
-    return progress
+    with FolderLock(args.out, args.command_line):
+        progress = LMProgress(quiet=args.quiet, log_path=args.out / LOG_FILE, force=True)
+        progress.message(f"$ {args.command_line}")
+        yield progress
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from torchkron.experiments.lm.gpt import GPTSpec
-    from torchkron.experiments.lm.runner import run_plan
-    from torchkron.experiments.lm.schedule import StudyPlan, linear_id, parse_linear
-    from torchkron.experiments.lm.trainer import LMJob
+    from torchkron.experiments.lm.schedule import linear_id, parse_linear
 
     attn, mlp = parse_linear(args.attn), parse_linear(args.mlp)
     name = args.name or "-".join(
@@ -219,8 +236,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         + ([f"h{args.mlp_hidden}"] if args.mlp_hidden else [])
         + ([f"e{args.n_embd}"] if args.n_embd else [])
     ).replace(":", "")
-    _refuse_overwrite([(name, args.seed)], args.out, args.resume)
-    progress = _progress(args)
+    with _session(args) as progress:
+        _refuse_overwrite([(name, args.seed)], args.out, args.resume)
+        return _train_one(args, name, attn, mlp, progress)
+
+
+def _train_one(args: argparse.Namespace, name: str, attn: Any, mlp: Any, progress: Any) -> int:
+    from torchkron.experiments.lm.gpt import GPTSpec
+    from torchkron.experiments.lm.runner import iters_done
+    from torchkron.experiments.lm.trainer import LMJob, LMPaths, train_lm
+
     data = _load(args, progress)
     spec = GPTSpec(
         vocab_size=data.vocab_size,
@@ -231,10 +256,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         **_model_overrides(args),
     )
     job = LMJob(name, spec, _config(args), args.seed, family="custom", description=name)
-    plan = StudyPlan([job], [])  # one job, no learning-rate family to wait for
-    (record,) = run_plan(
-        plan, data, out_dir=args.out, command=args.command_line, workers=1, progress=progress
-    )
+    paths = LMPaths.under(args.out, name, args.seed)
+    progress.expect(job, iters_done(paths))
+    # Trained here, not through the study runner: that one logs a failed run and goes on
+    # with the next, and a single run's error must reach the user as it is.
+    record = train_lm(job, data, paths, command=args.command_line, on_eval=progress.eval)
+    if record.get("diverged"):
+        print(f"{name} seed {args.seed}: diverged: {record['diverged']['reason']}")
+        return 1
     final = record["final"]
     full = final.get("val_loss_full")
     print(
@@ -278,8 +307,6 @@ def _plan(args: argparse.Namespace, vocab_size: int) -> Any:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from torchkron.experiments.lm.runner import run_plan
-
     if args.list:
         plan = _plan(args, 65)
         for j in plan.sweep:
@@ -289,7 +316,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             print(f"main   {j.name:28s} seed {j.seed}  {j.description}")
         print(f"{len(plan.sweep)} sweep runs + {len(plan.main)} main runs")
         return 0
-    progress = _progress(args)
+    with _session(args) as progress:
+        return _sweep(args, progress)
+
+
+def _sweep(args: argparse.Namespace, progress: Any) -> int:
+    from torchkron.experiments.lm.runner import run_plan
+
     data = _load(args, progress)
     plan = _plan(args, data.vocab_size)
     names = [(j.name, j.seed) for j in plan.sweep] + [(p.job.name, p.job.seed) for p in plan.main]
@@ -330,8 +363,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     specs = study_specs(args.configs or ())
     if not specs:
-        from torchkron.experiments.common.errors import UserError
-
         raise UserError("--configs matches no study config; see `torchkron lm sweep --list`.")
     result = bench_steps(specs, rounds=args.rounds, threads=args.threads)
     text = bench_markdown(result, args.note)
@@ -346,7 +377,12 @@ def add_arguments(lm: argparse.ArgumentParser) -> None:
     sub = lm.add_subparsers(dest="lm_command", metavar="ACTION", required=True)
 
     p = sub.add_parser("train", help="train one config with one seed")
-    p.add_argument("--name", default=None, help="config id (default: from the structures)")
+    p.add_argument(
+        "--name",
+        type=_run_name,
+        default=None,
+        help="config id, a plain file name (default: from the structures)",
+    )
     p.add_argument("--seed", type=non_negative_int, default=0)
     _add_model(p, structures=True)
     _add_recipe(p)

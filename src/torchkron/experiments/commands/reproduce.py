@@ -69,5 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"comparison: {done.comparison}")
     elif not args.no_compare:
         print("no committed reference found to compare with (pass --reference DIR)")
+    if done.plots:
+        print(f"plots: {', '.join(str(p) for p in done.plots)}")
     print(f"results: {done.results}")
     return 0

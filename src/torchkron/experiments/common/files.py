@@ -7,7 +7,7 @@ import errno
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,23 @@ def write_error(path: Path, exc: OSError) -> OutputError:
     return OutputError(f"Could not write {path}{f' ({where})' if where else ''}: {cause}. {fix}")
 
 
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, empty hidden file next to ``path``, open for writing.
+
+    Created with mode 0o666 so that the process's umask applies, as for any file that
+    ``open()`` creates (``tempfile.mkstemp`` would make it 0o600, readable by its owner
+    only, and ``os.replace`` keeps that mode).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new, never half.
 
@@ -53,7 +70,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = _create_temporary(path)
     except OSError as exc:
         raise write_error(path, exc) from None
     try:
@@ -63,7 +80,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise write_error(path, exc) from None
         raise

@@ -35,6 +35,8 @@ Everything that reads results (summary, tables, plots) reads these files only.
 from __future__ import annotations
 
 import json
+import ntpath
+import posixpath
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from torchkron.experiments.common.errors import UserError
 __all__ = [
     "RUNS_DIR",
     "SCHEMA",
+    "check_run_name",
     "load_complete_runs",
     "load_run",
     "load_runs",
@@ -58,8 +61,38 @@ RUNS_DIR = "runs"
 RunRecord = dict[str, Any]
 
 
+def check_run_name(name: str) -> str:
+    """``name`` when it can name a run's files, else a UserError naming the rule it breaks.
+
+    A run name becomes a file name inside the output folder (``OUT/runs/NAME--seed0.json``,
+    ``OUT/checkpoints/...``), so it must be one plain file name: not empty, no path
+    separator, no ``..``, not an absolute path, no control characters. Anything else could
+    write outside ``--out``.
+    """
+    rule = None
+    if not name:
+        rule = "it is empty"
+    elif posixpath.isabs(name) or ntpath.isabs(name):
+        rule = "it is an absolute path"
+    elif "/" in name or "\\" in name:
+        rule = "it contains a path separator ('/' or '\\')"
+    elif ".." in name:
+        rule = "it contains '..'"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        rule = "it contains a control character"
+    if rule is not None:
+        raise UserError(
+            f"Run name {name!r} cannot be used: {rule}. A run name becomes a file name inside "
+            "--out, so it must be one plain name without '/', '\\' or '..' (e.g. "
+            "kron-mlp-k2-r4)."
+        )
+    return name
+
+
 def run_filename(variant: str, seed: int) -> str:
-    return f"{variant}--seed{seed}.json"
+    """``VARIANT--seedN.json``; a UserError when ``variant`` is not a plain name
+    (see :func:`check_run_name`)."""
+    return f"{check_run_name(variant)}--seed{seed}.json"
 
 
 def load_run(path: Path) -> RunRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torchkron.experiments.common.config import ConfigDict, check_at_least_one
@@ -50,6 +51,14 @@ class LMConfig(ConfigDict):
 
     def __post_init__(self) -> None:
         check_at_least_one(self, ("iters", "batch_size", "eval_interval", "eval_iters"))
+        for name in ("lr", "min_lr", "beta1", "beta2", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                flag = name.replace("_", "-")
+                raise UserError(
+                    f"--{flag} must be a finite number, got {value}; NaN or infinite "
+                    "settings train to NaN."
+                )
         for name in ("min_lr", "warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 flag = name.replace("_", "-")

@@ -20,6 +20,14 @@ from torchkron.experiments.common.errors import UserError
 from torchkron.experiments.common.files import atomic_write_json, atomic_write_text
 from torchkron.experiments.common.runs import RUNS_DIR, RunRecord
 from torchkron.experiments.common.runs import load_run as _load_run
+from torchkron.experiments.lm.describe import (
+    describe_study,
+    recipe,
+    recipe_groups,
+    recipe_label,
+    study_facts,
+)
+from torchkron.experiments.lm.trainer import final_score
 
 __all__ = [
     "NANOGPT_ANCHOR",
@@ -45,11 +53,6 @@ def load_lm_runs(out_dir: Path) -> list[RunRecord]:
         return []
     records = [_load_run(p) for p in sorted(runs_dir.glob("*.json"))]
     return [r for r in records if r.get("kind") == "lm"]
-
-
-def _score(r: RunRecord) -> float:
-    final = r["final"]
-    return float(final.get("val_loss_full", final["val_loss"]))
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float, float | None]:
@@ -127,37 +130,26 @@ def summarize(records: Sequence[RunRecord]) -> dict[str, Any]:
         by_config.setdefault(r["variant"], []).append(r)
     known = {row["config"] for row in config_rows}
     rows: list[dict[str, Any]] = []
+    described: list[tuple[str, dict[str, Any], int]] = []
     for row in config_rows + [
         {"config": n, "family": rs[0]["family"], "group": "custom", "budget": "", "tier": 9,
          "description": rs[0]["description"], "seeds_planned": len(rs)}
         for n, rs in by_config.items()
         if n not in known
     ]:  # fmt: skip
-        runs = sorted(by_config.get(row["config"], []), key=lambda r: r["seed"])
-        out = dict(row)
-        out["seeds_done"] = [r["seed"] for r in runs]
-        if runs:
-            r0 = runs[0]
-            losses = [_score(r) for r in runs]
-            fixed = [float(r["final"]["val_loss"]) for r in runs]
-            mean, std = _mean_std(losses)
-            out.update(
-                lr=float(r0["config"]["lr"]),
-                attn_weights=_group_weights(r0, "attn"),
-                mlp_weights=_group_weights(r0, "mlp"),
-                block_weights=int(r0["block_weights"]),
-                parameters=int(r0["parameters"]),
-                flops_per_token=int(r0["flops_per_token"]),
-                step_seconds=statistics.median(float(r["final"]["step_seconds"]) for r in runs),
-                train_seconds=statistics.median(float(r["final"]["train_seconds"]) for r in runs),
-                tokens_per_s=statistics.median(float(r["final"]["tokens_per_s"]) for r in runs),
-                val_losses=losses,
-                val_mean=mean,
-                val_std=std,
-                val_fixed_mean=statistics.fmean(fixed),
-                n_embd=int(r0["spec"]["n_embd"]),
-            )
-        rows.append(out)
+        # Seeds are pooled within one recipe only: a run of this config trained with
+        # other settings gets a row of its own, labelled by what differs.
+        groups = recipe_groups(by_config.get(row["config"], [])) or [[]]
+        for i, group in enumerate(groups):
+            out = dict(row)
+            if i:
+                label = recipe_label(recipe(group[0]), recipe(groups[0][0]))
+                out.update(recipe=label, tier=9, seeds_planned=len(group))
+            out.update(_numbers(sorted(group, key=lambda r: r["seed"])))
+            if group:
+                name = out["config"] + (f" [{out['recipe']}]" if i else "")
+                described.append((name, recipe(group[0]), len(group)))
+            rows.append(out)
     sweep_rows = []
     have = {(r["variant"], r["seed"]) for r in sweeps}
     for r in sorted(sweeps, key=lambda r: (r["family"], r["config"]["lr"])):
@@ -167,17 +159,18 @@ def summarize(records: Sequence[RunRecord]) -> dict[str, Any]:
                 "config": r.get("extra", {}).get("base_config", r["variant"]),
                 "lr": float(r["config"]["lr"]),
                 "iters": int(r["config"]["iters"]),
-                "val_loss": _score(r),
+                "val_loss": final_score(r),
             }
         )
     best: dict[str, float] = {}
     for fam in dict.fromkeys(s["family"] for s in sweep_rows):
-        mine = [s for s in sweep_rows if s["family"] == fam]
-        best[fam] = min(mine, key=lambda s: s["val_loss"])["lr"]
+        mine = [s for s in sweep_rows if s["family"] == fam and s["val_loss"] is not None]
+        if mine:
+            best[fam] = min(mine, key=lambda s: s["val_loss"])["lr"]
     missing_main = [
         f"{row['config']} seed {s}"
         for row in rows
-        if row["tier"] < 9
+        if row["tier"] < 9 and "recipe" not in row
         for s in range(row["seeds_planned"])
         if s not in row["seeds_done"]
     ]
@@ -190,6 +183,12 @@ def summarize(records: Sequence[RunRecord]) -> dict[str, Any]:
         "missing_main": missing_main,
         "unfinished": unfinished,
         "findings": _findings(rows),
+        "diverged": [
+            f"{r['variant']} seed {r['seed']} ({r['diverged'].get('reason')})"
+            for r in complete
+            if r.get("diverged")
+        ],
+        "study": study_facts(described, sweeps, records),
         "machine": {
             k: env.get(k) for k in ("processor", "cpu_count", "threads", "torch", "platform")
         },
@@ -199,11 +198,60 @@ def summarize(records: Sequence[RunRecord]) -> dict[str, Any]:
     }
 
 
+def _numbers(runs: Sequence[RunRecord]) -> dict[str, Any]:
+    """A table row's numbers from its runs (one config, one recipe): losses over the runs
+    with a finite loss, the diverged ones named apart."""
+    out: dict[str, Any] = {"seeds_done": [r["seed"] for r in runs]}
+    ok = [r for r in runs if final_score(r) is not None]
+    diverged = [r["seed"] for r in runs if r.get("diverged")]
+    if diverged:
+        out["seeds_diverged"] = diverged
+    if not runs:
+        return out
+    r0 = runs[0]
+    timed = ok or runs
+    out.update(
+        lr=float(r0["config"]["lr"]),
+        attn_weights=_group_weights(r0, "attn"),
+        mlp_weights=_group_weights(r0, "mlp"),
+        block_weights=int(r0["block_weights"]),
+        parameters=int(r0["parameters"]),
+        flops_per_token=int(r0["flops_per_token"]),
+        step_seconds=statistics.median(float(r["final"]["step_seconds"]) for r in timed),
+        train_seconds=statistics.median(float(r["final"]["train_seconds"]) for r in timed),
+        tokens_per_s=statistics.median(float(r["final"]["tokens_per_s"]) for r in timed),
+        n_embd=int(r0["spec"]["n_embd"]),
+    )
+    if ok:
+        losses = [float(final_score(r)) for r in ok]  # type: ignore[arg-type]
+        mean, std = _mean_std(losses)
+        out.update(
+            val_losses=losses,
+            val_mean=mean,
+            val_std=std,
+            val_fixed_mean=statistics.fmean(float(r["final"]["val_loss"]) for r in ok),
+        )
+    # Keys in the order the summary has always had them.
+    order = ("seeds_done", "lr", "attn_weights", "mlp_weights", "block_weights", "parameters",
+             "flops_per_token", "step_seconds", "train_seconds", "tokens_per_s", "val_losses",
+             "val_mean", "val_std", "val_fixed_mean", "n_embd")  # fmt: skip
+    return {k: out[k] for k in (*order, "seeds_diverged") if k in out}
+
+
 def _row(rows: Sequence[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The row of config ``name`` (its main recipe) when it has a finite loss."""
     for r in rows:
-        if r["config"] == name and r.get("val_losses"):
+        if r["config"] == name and r.get("val_losses") and "recipe" not in r:
             return r
     return None
+
+
+def _absent(rows: Sequence[dict[str, Any]], name: str) -> str:
+    """Why config ``name`` has no loss to compare: every run diverged, or none ran."""
+    for r in rows:
+        if r["config"] == name and "recipe" not in r and r.get("seeds_diverged"):
+            return f"{name}: every run diverged"
+    return f"{name} missing"
 
 
 def _fmt_cmp(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -224,8 +272,8 @@ def _findings(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     def add(question: str, a: str, b: str) -> None:
         ra, rb = _row(rows, a), _row(rows, b)
         if ra is None or rb is None:
-            absent = ", ".join(n for n, r in ((a, ra), (b, rb)) if r is None)
-            out.append({"question": question, "text": f"not measured yet ({absent} missing)"})
+            absent = ", ".join(_absent(rows, n) for n, r in ((a, ra), (b, rb)) if r is None)
+            out.append({"question": question, "text": f"not measured yet ({absent})"})
             return
         text, c = _fmt_cmp(ra, rb)
         out.append({"question": question, "text": text, **c})
@@ -278,6 +326,7 @@ def _matched_compute(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each Kronecker config against the best dense model (narrower MLP or narrower
     model, at dense's rate) that costs no more forward FLOPs per token."""
     out: list[dict[str, Any]] = []
+    rows = [r for r in rows if "recipe" not in r]  # each config's main recipe
     dense = [
         r
         for r in rows
@@ -317,27 +366,22 @@ def report_markdown(summary: dict[str, Any]) -> str:
     """``results.md``: what was measured, the table, the sweep, the findings, what's missing."""
     bench: dict[str, float] = summary.get("step_bench") or {}
     m = summary["machine"]
+    study = summary["study"]
+    recipe_text, side_by_side, sessions_text = describe_study(study)
+    biases = "none in this recipe" if study["biases"] == [False] else "not counted"
     lines = [
         "# Kronecker layers in a character-level GPT (Tiny Shakespeare)",
         "",
-        "Generated by `torchkron lm report` from the run files in `runs/` alone. Recipe: "
-        "nanoGPT's `shakespeare_char` CPU recipe (4 layers, 4 heads, n_embd 128, block 64, "
-        "batch 12, 2000 iterations, AdamW beta2 0.99, weight decay 0.1, lr warm-up 100 then "
-        "cosine to lr/10, grad clip 1.0, dropout 0); each structure family at the best "
-        "learning rate of its sweep (500 iterations, schedule compressed, seed 0); narrower "
-        "dense models use dense's learning rate. Validation loss = mean cross-entropy (nats "
-        "per character) over the whole validation split (last 10%) after the last step.",
+        f"Generated by `torchkron lm report` from the run files in `runs/` alone. {recipe_text}",
         "",
         f"Machine: {m.get('processor')}, {m.get('cpu_count')} cores, "
-        f"{m.get('threads')} thread(s) per run, 2 runs side by side, torch {m.get('torch')}; "
-        "runs trained over three sessions, the first two with the machine shared with other jobs "
-        "(load average 6-9 on 2 cores), so per-run times are upper bounds, comparable only "
-        "roughly; compare speed with the side-by-side step times of `lm bench` instead.",
+        f"{m.get('threads')} thread(s) per run, {side_by_side}, torch {m.get('torch')}; "
+        f"{sessions_text}",
         f"Runs: {summary['complete_runs']} complete of {summary['runs']} run files.",
         "",
         "## Table",
         "",
-        "Weights = stored weights of the block linears (biases: none in this recipe); "
+        f"Weights = stored weights of the block linears (biases: {biases}); "
         "params = every trainable number (embedding tied to the head). FLOPs = forward "
         "FLOPs per token (matmuls as executed, attention over the full context, head; a "
         "training step costs about 3x that for every structure). "
@@ -350,21 +394,48 @@ def report_markdown(summary: dict[str, Any]) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in summary["rows"]:
-        if not r.get("val_losses"):
+        name = r["config"] + (f" [{r['recipe']}]" if "recipe" in r else "")
+        if not r["seeds_done"]:
             lines.append(
-                f"| {r['config']} | {r['description']} | | | | | | | not run yet | "
+                f"| {name} | {r['description']} | | | | | | | not run yet | "
                 f"0/{r['seeds_planned']} |"
             )
             continue
-        std = f" ± {r['val_std']:.3f}" if r["val_std"] is not None else ""
+        diverged = r.get("seeds_diverged", [])
+        seeds = f"{len(r.get('val_losses', []))}/{r['seeds_planned']}"
+        if diverged:
+            seeds += f" ({len(diverged)} diverged)"
+        loss = "diverged"
+        if r.get("val_losses"):
+            std = f" ± {r['val_std']:.3f}" if r["val_std"] is not None else ""
+            loss = f"{r['val_mean']:.3f}{std}"
+        bench_s = _f(bench.get(r["config"]), ".3f") if "recipe" not in r else "—"
         lines.append(
-            f"| {r['config']} | {r['description']} | {r['lr']:g} | {r['attn_weights']:,} | "
+            f"| {name} | {r['description']} | {r['lr']:g} | {r['attn_weights']:,} | "
             f"{r['mlp_weights']:,} | {r['parameters']:,} | {r['flops_per_token'] / 1e6:.2f}M | "
-            f"{r['step_seconds']:.3f} | {_f(bench.get(r['config']), '.3f')} | "
-            f"{r['val_mean']:.3f}{std} | "
-            f"{len(r['val_losses'])}/{r['seeds_planned']} |"
+            f"{r['step_seconds']:.3f} | {bench_s} | {loss} | {seeds} |"
         )
-    lines += ["", "## Learning-rate sweep (seed 0, 500 iterations)", ""]
+    if any("recipe" in r for r in summary["rows"]):
+        lines += [
+            "",
+            "A config whose runs were trained with different recipes has a row per recipe; "
+            "[...] names the settings where a row differs from the config's first row. Only "
+            "the first row enters the findings.",
+        ]
+    if summary["diverged"]:
+        lines += [
+            "",
+            f"Diverged runs, excluded from the means ({len(summary['diverged'])}): "
+            + "; ".join(summary["diverged"])
+            + ".",
+        ]
+    heading = "## Learning-rate sweep"
+    if study["sweep_iters"]:
+        seeds = ", ".join(str(i) for i in study["sweep_seeds"])
+        word = "seed" if len(study["sweep_seeds"]) == 1 else "seeds"
+        its = " or ".join(str(i) for i in study["sweep_iters"])
+        heading += f" ({word} {seeds}, {its} iterations)"
+    lines += ["", heading, ""]
     if summary["sweep"]:
         lines += [
             "A family whose best rate is at an end of the grid is swept again at half "
@@ -374,9 +445,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
         lines += ["| family | config | lr | val loss | |", "|---|---|---|---|---|"]
         for s in summary["sweep"]:
             mark = "best" if summary["best_lr"].get(s["family"]) == s["lr"] else ""
-            lines.append(
-                f"| {s['family']} | {s['config']} | {s['lr']:g} | {s['val_loss']:.3f} | {mark} |"
-            )
+            loss = "diverged" if s["val_loss"] is None else f"{s['val_loss']:.3f}"
+            lines.append(f"| {s['family']} | {s['config']} | {s['lr']:g} | {loss} | {mark} |")
         edges = []
         for fam, lr in summary["best_lr"].items():
             rates = [s["lr"] for s in summary["sweep"] if s["family"] == fam]

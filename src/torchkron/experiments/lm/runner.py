@@ -19,7 +19,7 @@ from torchkron.experiments.common.runs import RunRecord, load_run
 from torchkron.experiments.common.workers import exit_with_parent
 from torchkron.experiments.data.text import TextData, load_text
 from torchkron.experiments.lm.schedule import PlannedJob, StudyPlan, extension_job
-from torchkron.experiments.lm.trainer import EvalEvent, LMJob, LMPaths, train_lm
+from torchkron.experiments.lm.trainer import EvalEvent, LMJob, LMPaths, final_score, train_lm
 
 __all__ = ["LMProgress", "best_lr", "next_sweep_lr", "run_plan"]
 
@@ -98,22 +98,19 @@ def iters_done(paths: LMPaths) -> int:
 
 def best_lr(records: Sequence[RunRecord]) -> float | None:
     """The learning rate of the complete record with the lowest final validation loss
-    (the full split when scored, else the fixed batches)."""
-    done = [r for r in records if r.get("complete") and r.get("final")]
-    if not done:
+    (the full split when scored, else the fixed batches); diverged runs never win."""
+    scored = [
+        (score, r) for r in records if r.get("complete") and (score := final_score(r)) is not None
+    ]
+    if not scored:
         return None
-
-    def score(r: RunRecord) -> float:
-        final = r["final"]
-        return float(final.get("val_loss_full", final["val_loss"]))
-
-    return float(min(done, key=score)["config"]["lr"])
+    return float(min(scored, key=lambda sr: sr[0])[1]["config"]["lr"])
 
 
 def next_sweep_lr(records: Sequence[RunRecord], tried: Sequence[float]) -> float | None:
     """The rate to try next when the best of ``records`` is at an end of ``tried`` (half
-    the lowest, or twice the highest), else None. Failed runs count as tried and worse,
-    so a diverging rate past the end closes the grid."""
+    the lowest, or twice the highest), else None. Failed and diverged runs count as tried
+    and worse, so a diverging rate past the end closes the grid."""
     best = best_lr(records)
     if best is None or len(tried) < 2:
         return None
@@ -184,7 +181,11 @@ def run_plan(
                 return None
             lr = best_lr(done)
             if lr is None:
-                raise UserError(f"No learning-rate sweep run of family {fam} completed.")
+                raise UserError(
+                    f"No learning-rate sweep run of family {fam} finished with a finite loss "
+                    "(each failed or diverged; see the lines above); sweep lower rates with "
+                    "--lrs, then rerun with --resume."
+                )
             lrs[fam] = lr
             progress.message(f"family {fam}: best learning rate {lr:g} (from its sweep)")
         return replace(p.job, config=p.job.config.with_(lr=lrs[fam]))
@@ -213,6 +214,8 @@ def run_plan(
 
     def finished(job: LMJob, record: RunRecord) -> None:
         records.append(record)
+        if record.get("diverged"):
+            progress.message(f"DIVERGED {job.key}: {record['diverged'].get('reason')}")
         if dict(job.extra).get("phase") == "lr-sweep":
             sweep_records[(job.name, job.seed)] = record
 

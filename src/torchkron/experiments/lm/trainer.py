@@ -39,6 +39,7 @@ __all__ = [
     "LMJob",
     "LMPaths",
     "eval_batches",
+    "final_score",
     "full_split_loss",
     "lr_at",
     "train_lm",
@@ -330,14 +331,16 @@ def train_lm(
             HISTORY_KEYS, (it, train_loss, val_loss, lr, train_seconds, tps), strict=True
         ):
             hist[key].append(value)
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            # Diverged: every later step would stay non-finite, so the run ends here, as
+            # a finished run whose losses are null (a resume must not train it again).
+            _diverged(record, job, it, train_loss, val_loss, train_seconds, tokens)
+            atomic_write_json(paths.record, record)
+            if on_eval is not None:
+                on_eval(EvalEvent(job.name, job.seed, it, it, train_loss, val_loss, tps, start))
+            return record
         if it == config.iters:
-            final: dict[str, Any] = {
-                "val_loss": val_loss,
-                "train_loss": train_loss,
-                "train_seconds": train_seconds,
-                "tokens_per_s": it * tokens / max(train_seconds, 1e-9),
-                "step_seconds": train_seconds / it,
-            }
+            final = _final(val_loss, train_loss, it, tokens, train_seconds)
             if config.full_eval:
                 final["val_loss_full"] = full_split_loss(model, val_ids, block)
             record["final"] = final
@@ -365,6 +368,55 @@ def train_lm(
             return record
         t0 = time.perf_counter()
     return record
+
+
+def _final(
+    val_loss: float | None, train_loss: float | None, it: int, tokens: int, train_seconds: float
+) -> dict[str, Any]:
+    """A run's ``final`` numbers after ``it`` steps of ``tokens`` tokens each."""
+    return {
+        "val_loss": val_loss,
+        "train_loss": train_loss,
+        "train_seconds": train_seconds,
+        "tokens_per_s": it * tokens / max(train_seconds, 1e-9),
+        "step_seconds": train_seconds / it,
+    }
+
+
+def _diverged(
+    record: RunRecord,
+    job: LMJob,
+    it: int,
+    train_loss: float,
+    val_loss: float,
+    train_seconds: float,
+    tokens: int,
+) -> None:
+    """Mark ``record`` as a finished run that diverged at step ``it``: losses null, a reason."""
+    final = _final(None, None, it, tokens, train_seconds)
+    if job.config.full_eval:
+        final["val_loss_full"] = None
+    record["final"] = final
+    record["diverged"] = {
+        "iter": it,
+        "reason": f"the loss is not finite at iteration {it} (train {train_loss}, validation "
+        f"{val_loss} on the fixed batches) at lr {job.config.lr:g}; a lower --lr (or "
+        "--grad-clip) may keep it finite",
+    }
+    record["complete"] = True
+    record["finished_at"] = now_iso()
+
+
+def final_score(record: RunRecord) -> float | None:
+    """A finished run's validation loss (the full split when scored, else the fixed
+    batches), or None when it has none: diverged, or not finished."""
+    final = record.get("final")
+    if not isinstance(final, dict) or record.get("diverged"):
+        return None
+    value = final.get("val_loss_full", final.get("val_loss"))
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _to(batches: list[tuple[Tensor, Tensor]], device: torch.device) -> list[tuple[Tensor, Tensor]]:

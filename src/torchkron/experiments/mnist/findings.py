@@ -4,7 +4,8 @@ Each claim compares mean final test accuracies (percent) of variants over seeds.
 difference counts as *beyond seed noise* when ``|diff| > NOISE_FACTOR * pooled_std``,
 where ``pooled_std`` is the pooled sample standard deviation of the two variants'
 final accuracies: a simple, stated criterion, not a significance test. With one seed
-per variant the pooled std is 0, so any nonzero difference counts as beyond noise.
+per variant the pooled std is 0, so any nonzero difference counts as beyond noise; such a
+comparison says that seed noise was not measured (n = 1), and so does its finding.
 
 The claims and their criteria:
 
@@ -33,6 +34,7 @@ __all__ = [
     "ACCURACY_TOLERANCE_PP",
     "MIN_CLEAR_LOSS_PP",
     "NOISE_FACTOR",
+    "NOT_MEASURED",
     "Comparison",
     "compare",
     "findings",
@@ -49,6 +51,8 @@ MIN_CLEAR_LOSS_PP = 0.5
 Variant = Mapping[str, Any]
 
 _NOISE = f"|diff| > {NOISE_FACTOR:g} x pooled seed std"
+#: What a verdict from one seed per variant says about seed noise.
+NOT_MEASURED = "n = 1"
 
 
 def pooled_std(std_a: float, n_a: int, std_b: float, n_b: int) -> float:
@@ -75,13 +79,24 @@ class Comparison:
     pooled_std: float
     beyond_noise: bool
 
+    @property
+    def noise_measured(self) -> bool:
+        """Whether the seeds give a spread at all (not one seed on each side)."""
+        return self.a_seeds + self.b_seeds > 2
+
     def text(self) -> str:
-        """``a m ± s % (n=..) vs b ...: diff pp, beyond/within seed noise (threshold)``."""
-        where = "beyond" if self.beyond_noise else "within"
-        return (
+        """``a m ± s % (n=..) vs b ...: diff pp, beyond/within seed noise (threshold)``, or
+        ``..., seed noise not measured (n = 1)`` with one seed on each side."""
+        head = (
             f"{self.a} {self.a_mean:.2f} ± {self.a_std:.2f} % (n={self.a_seeds}) vs "
             f"{self.b} {self.b_mean:.2f} ± {self.b_std:.2f} % (n={self.b_seeds}): "
-            f"{self.diff:+.2f} pp, {where} seed noise "
+            f"{self.diff:+.2f} pp, "
+        )
+        if not self.noise_measured:
+            return head + f"seed noise not measured ({NOT_MEASURED})"
+        where = "beyond" if self.beyond_noise else "within"
+        return head + (
+            f"{where} seed noise "
             f"({NOISE_FACTOR:g} x pooled std = {NOISE_FACTOR * self.pooled_std:.2f} pp)"
         )
 
@@ -120,14 +135,22 @@ def _finding(
     missing = sorted({n for pair in pairs for n in pair if n not in variants})
     comparisons = [compare(variants[a], variants[b]) for a, b in present]
     holds = all(passes(c) for c in comparisons) if comparisons else None
+    unmeasured = [c for c in comparisons if not c.noise_measured]
     if comparisons:
         evidence = "; ".join(c.text() for c in comparisons)
         if missing:
             evidence += f"; not run: {', '.join(missing)}"
         evidence += f". Criterion: {criterion}."
+        if unmeasured:
+            # A verdict from single runs is not a finding about the variants yet.
+            evidence = (
+                f"Seed noise not measured ({NOT_MEASURED}): {len(unmeasured)} of "
+                f"{len(comparisons)} comparison(s) rest on one seed per variant, so the "
+                f"verdict may not survive other seeds; rerun with --seeds 3. {evidence}"
+            )
     else:
         evidence = f"Not tested: needs {', '.join(missing)} (not run). Criterion: {criterion}."
-    return {
+    finding: dict[str, Any] = {
         "id": ident,
         "claim": claim,
         "holds": holds,
@@ -135,6 +158,9 @@ def _finding(
         "criterion": criterion,
         "comparisons": [asdict(c) for c in comparisons],
     }
+    if unmeasured:
+        finding["seed_noise"] = f"not measured ({NOT_MEASURED})"
+    return finding
 
 
 def _kron_input_hidden(variants: Mapping[str, Variant]) -> dict[str, Any]:

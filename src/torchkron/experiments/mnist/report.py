@@ -134,9 +134,17 @@ def report_text(summary: Mapping[str, Any]) -> str:
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [_row(header, widths), *(_row(r, widths) for r in rows), ""]
-    lines += [f"[{verdict(f['holds'])}] {f['claim']}" for f in summary["findings"]]
+    lines += [f"[{_verdict(f)}] {f['claim']}" for f in summary["findings"]]
     lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     lines.append(
         f"{summary['runs']} runs, {format_duration(float(summary['wall_seconds']))} of training."
     )
     return "\n".join(lines)
+
+
+def _verdict(finding: Mapping[str, Any]) -> str:
+    """``holds``..., with ``seed noise not measured (n = 1)`` when it rests on single runs."""
+    text = verdict(finding["holds"])
+    if finding.get("seed_noise"):
+        text += f", seed noise {finding['seed_noise']}"
+    return text

@@ -18,6 +18,7 @@ from torchkron.experiments.mnist.variants import MLPSpec, get_variant, reproduct
 
 __all__ = [
     "DEFAULT_OUT",
+    "LOG_FILE",
     "Reproduction",
     "reproduce",
     "resolve_variants",
@@ -40,6 +41,8 @@ def resolve_variants(names: Sequence[str] | None) -> list[MLPSpec]:
 #: Where ``torchkron reproduce`` trains by default: an untracked folder, so a fresh clone's
 #: reproduction never touches the committed reference in ``results/mnist``.
 DEFAULT_OUT = Path("runs") / "mnist"
+#: The session's log in the output folder: the command, then a line per epoch.
+LOG_FILE = "reproduce.log"
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Reproduction:
     report: str
     comparison: Path | None = None
     comparison_text: str | None = None
+    plots: tuple[Path, ...] = ()
 
 
 def reproduce(
@@ -63,7 +67,11 @@ def reproduce(
     """Train every variant x seed, write the report and compare it with ``reference``."""
     specs = resolve_variants(variants)
     jobs = [Job(spec, seed) for spec in specs for seed in range(seeds)]
-    with open_session(jobs, options, "reproduce.log") as (progress, mnist):
+    with open_session(jobs, options, LOG_FILE) as (progress, mnist):
+        # A piped session prints a line per finished run only (minutes apart): say where
+        # the line per epoch goes, so that it can be followed from the start.
+        log = options.out_dir / LOG_FILE
+        progress.message(f"per-epoch progress: {log} (follow it with `tail -f {log}`)")
         done = track(progress, jobs, options.out_dir, config.epochs)
         progress.message(
             f"data: {mnist.source} ({mnist.train_images.shape[0]} train, "
@@ -81,7 +89,7 @@ def reproduce(
         paths = write_report(options.out_dir, plots=options.plots)
         text = report_text(_load_summary(paths.summary))
         progress.log(text)
-        result = Reproduction(paths.results, text)
+        result = Reproduction(paths.results, text, plots=paths.plots)
         if reference is not None and not _same_folder(reference, options.out_dir):
             from torchkron.experiments.mnist.compare import write_comparison
 
