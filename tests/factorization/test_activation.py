@@ -53,15 +53,23 @@ def _als_optimum(w: torch.Tensor, c: torch.Tensor, iters: int = 60) -> float:
     a = torch.zeros(o1, n1, dtype=D)
     target = (w @ s).reshape(-1)
     for _ in range(iters):
-        cols = [(torch.kron(_unit(o1, n1, i, j), b) @ s).reshape(-1) for i in range(o1) for j in range(n1)]
+        cols = [
+            (torch.kron(_unit(o1, n1, i, j), b) @ s).reshape(-1)
+            for i in range(o1)
+            for j in range(n1)
+        ]
         a = torch.linalg.lstsq(torch.stack(cols, 1), target).solution.reshape(o1, n1)
-        cols = [(torch.kron(a, _unit(o2, n2, i, j)) @ s).reshape(-1) for i in range(o2) for j in range(n2)]
+        cols = [
+            (torch.kron(a, _unit(o2, n2, i, j)) @ s).reshape(-1)
+            for i in range(o2)
+            for j in range(n2)
+        ]
         b = torch.linalg.lstsq(torch.stack(cols, 1), target).solution.reshape(o2, n2)
     return output_error(w, torch.kron(a, b), c)
 
 
 def test_kronecker_moment_recovers_an_exact_kronecker_moment():
-    _, c1, c2, c = _setup()
+    _, _c1, _c2, c = _setup()
     f1, f2 = kronecker_moment(c, SHAPES)
     torch.testing.assert_close(torch.kron(f1, f2), c, rtol=1e-10, atol=1e-10)
     for f in (f1, f2):
@@ -118,7 +126,8 @@ def test_second_moment_streams_in_float64():
     acc.update(x[:2])
     acc.update(x[2:])
     flat = x.reshape(-1, 3).double()
-    assert acc.count == 24 and acc.matrix().dtype == D
+    assert acc.count == 24
+    assert acc.matrix().dtype == D
     torch.testing.assert_close(acc.matrix(), flat.mT @ flat / 24)
 
 
@@ -139,7 +148,8 @@ def test_bad_moments_and_inputs_raise_with_the_fix():
 def test_whitened_low_rank_is_optimal_and_beats_plain_svd_on_output_error():
     w, _, _, c = _setup(4)
     u, v, err = whitened_low_rank(w, 3, c, damping=TINY)
-    assert u.shape == (12, 3) and v.shape == (20, 3)
+    assert u.shape == (12, 3)
+    assert v.shape == (20, 3)
     assert err == pytest.approx(output_error(w, u @ v.mT, c), rel=1e-10)
     evals, evecs = torch.linalg.eigh(c)
     s = torch.linalg.svdvals(w @ ((evecs * evals.sqrt()) @ evecs.mT))
@@ -167,5 +177,7 @@ def test_monarch_projection_is_exact_on_monarch_weights_and_loads_into_the_layer
 
 
 def test_monarch_projection_rejects_blocks_that_do_not_divide():
-    with pytest.raises(ValueError, match=r"nblocks must be a positive int dividing both sides of the 6 x 8"):
+    with pytest.raises(
+        ValueError, match=r"nblocks must be a positive int dividing both sides of the 6 x 8"
+    ):
         monarch_projection(torch.zeros(6, 8), 4)

@@ -18,7 +18,9 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "compress.md"
 
 def _example_code() -> str:
     text = DOC.read_text()
-    match = re.search(r"<!-- example: kronify-calibration -->\n```python\n(.*?)^```", text, re.S | re.M)
+    match = re.search(
+        r"<!-- example: kronify-calibration -->\n```python\n(.*?)^```", text, re.S | re.M
+    )
     assert match is not None, "docs/compress.md lost its kronify-calibration example"
     return match.group(1)
 
@@ -26,7 +28,7 @@ def _example_code() -> str:
 def test_documented_gpt2_example_runs():
     pytest.importorskip("transformers")
     scope: dict[str, object] = {}
-    exec(compile(_example_code(), str(DOC), "exec"), scope)  # noqa: S102 - our own doc
+    exec(compile(_example_code(), str(DOC), "exec"), scope)
     model, report = scope["model"], scope["report"]
     assert isinstance(model, nn.Module)
     converted = [m for m in model.modules() if isinstance(m, KronLinear)]
@@ -35,10 +37,14 @@ def test_documented_gpt2_example_runs():
     assert report.params_after <= report.params_before / 1.5
 
 
-def _inputs_of(model: nn.Module, names: list[str], batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+def _inputs_of(
+    model: nn.Module, names: list[str], batches: list[torch.Tensor]
+) -> dict[str, torch.Tensor]:
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     handles = [
-        model.get_submodule(n).register_forward_pre_hook(lambda _m, a, n=n: seen[n].append(a[0].detach()))
+        model.get_submodule(n).register_forward_pre_hook(
+            lambda _m, a, n=n: seen[n].append(a[0].detach())
+        )
         for n in names
     ]
     with torch.no_grad():
@@ -70,7 +76,9 @@ def test_calibrated_layers_have_lower_output_error_on_the_calibration_inputs():
         assert errs[1] <= errs[0] * (1 + 1e-6), n
         strictly += errs[1] < 0.99 * errs[0]
         row = next(r for r in report.replaced if r.name == n)
-        assert row.approximation_error == pytest.approx(errs[1], rel=1e-4)  # the report shows output error
+        assert row.approximation_error == pytest.approx(
+            errs[1], rel=1e-4
+        )  # the report shows output error
     assert strictly >= 1
 
 
@@ -102,7 +110,9 @@ def test_calibration_needs_dense_init_and_batches():
     net = nn.Sequential(nn.Linear(16, 16))
     with pytest.raises(ValueError, match=r"calibration .* needs from_dense=True and tied=False"):
         kronify(net, from_dense=False, calibration=[torch.zeros(1, 16)])
-    with pytest.raises(ValueError, match=r"calibration must be an iterable of batches .* got Tensor"):
+    with pytest.raises(
+        ValueError, match=r"calibration must be an iterable of batches .* got Tensor"
+    ):
         kronify(net, calibration=torch.zeros(1, 16))
     with pytest.raises(ValueError, match=r"calibration yielded no batches"):
         kronify(net, calibration=[])

@@ -178,7 +178,8 @@ def kronecker_moment(moment: Tensor, shapes: Sequence[tuple[int, int]]) -> list[
 
 def _psd(m: Tensor) -> Tensor:
     evals, evecs = torch.linalg.eigh(m)
-    return (evecs * evals.clamp_min(0.0)) @ evecs.mT
+    psd: Tensor = (evecs * evals.clamp_min(0.0)) @ evecs.mT
+    return psd
 
 
 def activation_kronecker(
@@ -242,7 +243,8 @@ def whitened_weight(
     c = check_moment(moment, in_f, "whitened_weight")
     _check_damping(damping, "whitened_weight")
     roots = [damped_root(ci, damping)[0] for ci in kronecker_moment(c, clean)]
-    return weight.detach().to(torch.float64) @ kron_weight([r[None] for r in roots])
+    whitened: Tensor = weight.detach().to(torch.float64) @ kron_weight([r[None] for r in roots])
+    return whitened
 
 
 def whitened_low_rank(
@@ -329,4 +331,3 @@ def _check_damping(damping: float, caller: str) -> None:
             f"{caller}: damping must be a number > 0 (a ridge relative to the mean "
             f"eigenvalue of the input moment, e.g. 1e-4), got {damping!r}."
         )
-

@@ -1,9 +1,9 @@
 """The Monarch matrix nearest to a dense weight in Frobenius norm (Dao et al. 2022).
 
 A :class:`torchkron.MonarchLinear` with ``b`` blocks connects input block ``j`` to
-output block ``l`` (rows ``s b + l``) only through the intermediate features ``f`` with
-``f // (m / b) = j`` and ``f % b = l``; each feature belongs to exactly one pair
-``(j, l)``. The dense weight's ``(l, j)`` submatrix is therefore a product of rank at most
+output block ``blk`` (rows ``s b + blk``) only through the intermediate features ``f`` with
+``f // (m / b) = j`` and ``f % b = blk``; each feature belongs to exactly one pair
+``(j, blk)``. The dense weight's ``(blk, j)`` submatrix is therefore a product of rank at most
 the number of those features, and the projections of different submatrices are
 independent: a truncated SVD of each submatrix is the Frobenius optimum.
 """
@@ -47,20 +47,20 @@ def monarch_projection(weight: Tensor, nblocks: int) -> tuple[Tensor, Tensor, fl
     per = mid // b  # intermediate features per first-stage block
     b1 = w.new_zeros(b, per, in_f // b)
     b2 = w.new_zeros(b, out_f // b, per)
-    # Output rows of second-stage block l are s * b + l; its column t is feature t * b + l.
+    # Output rows of second-stage block blk are s * b + blk; its column t is feature t * b + blk.
     for j in range(b):
         cols = w[:, j * (in_f // b) : (j + 1) * (in_f // b)]  # (out, in / b)
-        for l in range(b):
-            feats = [f for f in range(j * per, (j + 1) * per) if f % b == l]
+        for blk in range(b):
+            feats = [f for f in range(j * per, (j + 1) * per) if f % b == blk]
             if not feats:
                 continue
-            block = cols[l::b]  # (out / b, in / b)
+            block = cols[blk::b]  # (out / b, in / b)
             u, s, vh = torch.linalg.svd(block, full_matrices=False)
             k = min(len(feats), s.numel())
             half = s[:k].sqrt()
             for i, f in enumerate(feats[:k]):
                 b1[j, f - j * per] = half[i] * vh[i]
-                b2[l, :, f // b] = half[i] * u[:, i]
+                b2[blk, :, f // b] = half[i] * u[:, i]
     approx = _monarch_dense(b1, b2, in_f, out_f)
     norm = float(torch.linalg.matrix_norm(w))
     err = 0.0 if norm == 0.0 else float(torch.linalg.matrix_norm(w - approx)) / norm
@@ -71,9 +71,9 @@ def _monarch_dense(b1: Tensor, b2: Tensor, in_f: int, out_f: int) -> Tensor:
     """The dense ``(out, in)`` weight of Monarch factors (MonarchLinear's product)."""
     b = b1.shape[0]
     mid = b1.shape[1] * b
-    first = torch.block_diag(*b1)  # (m, in): feature f = j * (m / b) + s
+    first: Tensor = torch.block_diag(*b1)  # type: ignore[no-untyped-call]  # (m, in)
     w = b2.new_zeros(out_f, in_f)
-    for l in range(b):
-        # Block l reads features t * b + l (t < m / b) and writes rows s * b + l.
-        w[l::b] = b2[l] @ first[l:mid:b]
+    for blk in range(b):
+        # Block blk reads features t * b + blk (t < m / b) and writes rows s * b + blk.
+        w[blk::b] = b2[blk] @ first[blk:mid:b]
     return w
