@@ -23,7 +23,7 @@ DATA_ARG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 LM_DATA_DIR ?= $(if $(wildcard ../shared/data/tinyshakespeare),../shared/data/tinyshakespeare,)
 LM_DATA_ARG := $(if $(LM_DATA_DIR),--data-dir $(LM_DATA_DIR),)
 
-.PHONY: venv test lint typecheck check check-wheel reproduce report results readme bench sweep compress lm lm-report clean
+.PHONY: venv test lint typecheck check check-wheel reproduce report results readme bench sweep compress lm lm-report lm-compress lm-compress-report clean
 
 venv: $(STAMP)
 
@@ -94,6 +94,14 @@ lm: $(STAMP)
 
 lm-report: $(STAMP)
 	$(BIN)/torchkron lm report results/lm
+
+# Compressing the trained dense GPT (docs/lm-compress.md): students converted from the
+# teacher, distilled, 3 seeds; resumable (finished runs are kept).
+lm-compress: $(STAMP)
+	$(BIN)/torchkron lm compress --out results/lm-compress --iters 300 --jobs 2 $(LM_DATA_ARG) $(ARGS)
+
+lm-compress-report: $(STAMP)
+	$(BIN)/torchkron lm compress-report results/lm-compress
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -59,8 +59,11 @@ def nearest_kronecker(
     rank: int = 1,
     *,
     svd: SvdMethod = "auto",
+    input_second_moment: Tensor | None = None,
+    damping: float = 1e-4,
 ) -> tuple[list[Tensor], float]:
-    """The sum of ``rank`` Kronecker products nearest to ``weight`` in Frobenius norm.
+    """The sum of ``rank`` Kronecker products nearest to ``weight`` in Frobenius norm, or
+    in output error on data when ``input_second_moment`` is given.
 
     For two factors this is the Van Loan-Pitsianis rearrangement followed by a truncated
     SVD, which is optimal (Eckart-Young) and exact once ``rank`` reaches the rank of the
@@ -92,11 +95,20 @@ def nearest_kronecker(
             (trained weights); on flat spectra it may keep a slightly worse subspace.
             ``"auto"`` (default): randomised when the matrix is large (smaller side
             >= 256) and the sketch is at most a quarter of it, full otherwise.
+        input_second_moment: ``C = E[x x^T]`` of the layer's inputs, ``(in, in)``
+            (accumulate it with :class:`torchkron.factorization.SecondMoment`). Given, the
+            factors minimise the output error ``||(W - W_hat) C^1/2||_F`` with ``C``
+            replaced by its K-FAC approximation ``C_1 (x) ... (x) C_k`` in the input split
+            of ``shapes`` (exact for two factors when ``C`` is a Kronecker product); see
+            :mod:`torchkron.factorization.activation`.
+        damping: with ``input_second_moment``, the ridge ``damping * tr(C_i) / n_i``
+            added to each moment factor before its inverse square root.
 
     Returns:
         ``(factors, relative_error)``: factors in the ``(R, out_i, in_i)`` layout of
         :func:`torchkron.functional.kron_linear`, and ``||W - W_hat||_F / ||W||_F``
-        (0 for a zero ``weight``).
+        (0 for a zero ``weight``); with ``input_second_moment``, the relative output
+        error ``||(W - W_hat) C^1/2||_F / ||W C^1/2||_F`` under the full ``C``.
 
     Raises:
         TypeError: ``rank`` is not an int (e.g. ``True`` or ``2.0``), or bad ``shapes``.
@@ -110,6 +122,13 @@ def nearest_kronecker(
         >>> err < 1e-12
         True
     """
+    if input_second_moment is not None:
+        # Lazy: activation imports this module.
+        from torchkron.factorization.activation import activation_kronecker
+
+        return activation_kronecker(
+            weight, shapes, rank, input_second_moment, svd=svd, damping=damping
+        )
     factors, err = kronecker_approximation(weight, shapes, rank, svd, "nearest_kronecker")
     return factors, err
 

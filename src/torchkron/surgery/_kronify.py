@@ -9,13 +9,14 @@ HF config's plan in sync (:mod:`~torchkron.surgery.plan`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 from torch import nn
 
 from torchkron.surgery._modules import count_params
 from torchkron.surgery.build import build_layers, refuse_meta, swap
+from torchkron.surgery.calibration import check_calibration, collect_moments
 from torchkron.surgery.converters import KRONIFY_MAPPING, ConverterTable
 from torchkron.surgery.plan import sync_config
 from torchkron.surgery.ranks import check_budget, choose_ranks
@@ -42,6 +43,7 @@ def kronify(
     target_params: int | None = None,
     compression: float | None = None,
     max_rank: int | None = None,
+    calibration: Iterable[Any] | None = None,
 ) -> tuple[nn.Module, KronifyReport]:
     """Replace the dense layers of ``model`` with ``KronLinear``, in place.
 
@@ -89,6 +91,14 @@ def kronify(
             squared relative error per added parameter (two factors only).
         compression: like ``target_params = params_before / compression``.
         max_rank: the largest rank ``max_error``/``target_params`` may choose.
+        calibration: batches of model inputs (``model(batch)``; a tuple is unpacked, a
+            dict passed as keywords), run once in eval mode before converting. Given,
+            each layer's factors minimise its output error on these inputs
+            (``nearest_kronecker(..., input_second_moment=C)`` with ``C = E[x x^T]`` of
+            its inputs, K-FAC approximated, damped) instead of the weight error, and
+            ``max_error``/``target_params``/``compression`` measure output errors; the
+            report's error column is then the relative output error. Needs
+            ``from_dense=True``, ``tied=False``.
 
     Returns:
         ``(model, report)``; ``print(report)`` gives one row per matched module with its
@@ -112,6 +122,7 @@ def kronify(
     check_spec("rank", rank)
     check_spec("num_factors", num_factors)
     check_shared(shared)
+    check_calibration(calibration, tied=tied, from_dense=from_dense)
     budgets = check_budget(
         rank,
         tied=tied,
@@ -138,15 +149,23 @@ def kronify(
     )
     planned = [e for e in entries if not e.reason]
     refuse_meta(planned, from_dense=from_dense, budgets=budgets)
+    moments = None if calibration is None else collect_moments(model, planned, calibration)
 
     budget = ""
     if budgets:
         budget = choose_ranks(
-            planned, entries, params_before, max_error, target_params, compression, max_rank
+            planned,
+            entries,
+            params_before,
+            max_error,
+            target_params,
+            compression,
+            max_rank,
+            moments=moments,
         )
         planned = [e for e in entries if not e.reason]
 
-    build_layers(planned, tied=tied, from_dense=from_dense)
+    build_layers(planned, tied=tied, from_dense=from_dense, moments=moments)
     swap(model, [(n, e.new) for e in planned for n in e.names if e.new is not None])
     report = kronify_report(entries, params_before, count_params(model), budget)
     sync_config(model)

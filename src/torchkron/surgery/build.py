@@ -7,6 +7,7 @@ back, so that a model is never left half-converted.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -31,18 +32,28 @@ def refuse_meta(planned: list[Entry], *, from_dense: bool, budgets: list[str]) -
             )
 
 
-def build_layers(planned: list[Entry], *, tied: bool, from_dense: bool) -> None:
+def build_layers(
+    planned: list[Entry],
+    *,
+    tied: bool,
+    from_dense: bool,
+    moments: Mapping[str, Tensor] | None = None,
+) -> None:
     """Build every new layer (``entry.new``) before touching the model: an error here
-    changes nothing."""
+    changes nothing. ``moments``: input second moments by layer name (calibration), for
+    factors that minimise the output error."""
     try:
         for e in planned:
-            e.new = build_layer(e, tied=tied, from_dense=from_dense)
+            moment = None if moments is None else moments.get(e.name)
+            e.new = build_layer(e, tied=tied, from_dense=from_dense, moment=moment)
     except Exception as exc:
         add_note(exc, f"kronify: while building {e.name}; the model is unchanged.")
         raise
 
 
-def build_layer(e: Entry, *, tied: bool, from_dense: bool) -> KronLinear:
+def build_layer(
+    e: Entry, *, tied: bool, from_dense: bool, moment: Tensor | None = None
+) -> KronLinear:
     assert e.view is not None
     w = e.view.weight
     out_f, in_f = (int(d) for d in w.shape)
@@ -55,7 +66,12 @@ def build_layer(e: Entry, *, tied: bool, from_dense: bool) -> KronLinear:
         with warnings.catch_warnings():
             # The report says so (below); one warning per layer would only repeat it.
             warnings.simplefilter("ignore", RankClippedWarning)
-            factors, error = nearest_kronecker(w, list(e.shapes), e.rank)
+            factors, error = nearest_kronecker(
+                w, list(e.shapes), e.rank, input_second_moment=moment
+            )
+        if moment is not None:
+            calibrated = "error = output error on the calibration inputs"
+            e.note = f"{e.note}; {calibrated}" if e.note else calibrated
         achieved = int(factors[0].shape[0])
         if achieved < e.rank:
             clipped = f"rank {e.rank} clipped to {achieved}, the largest these shapes allow"

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from torchkron.factorization import LayerBudget, allocate_ranks, kron_spectrum, ranks_for_error
+from torch import Tensor
+
+from torchkron.factorization import (
+    LayerBudget,
+    allocate_ranks,
+    kron_spectrum,
+    ranks_for_error,
+    whitened_weight,
+)
 from torchkron.surgery.selection import Entry, check_int
 
 __all__ = ["check_budget", "choose_ranks"]
@@ -70,13 +78,19 @@ def choose_ranks(
     target_params: int | None,
     compression: float | None,
     max_rank: int | None,
+    moments: Mapping[str, Tensor] | None = None,
 ) -> str:
+    """Set the rank of every free planned layer by the budget; returns its description.
+    With ``moments`` (calibration), the errors are output errors (the spectrum of each
+    whitened weight, :func:`torchkron.factorization.whitened_weight`)."""
     free = [e for e in planned if not e.fixed_rank]
     budgets: list[LayerBudget] = []
     for e in free:
         assert e.view is not None
         dense = e.view.weight.numel()
-        spectrum = kron_spectrum(e.view.weight, e.shapes)
+        moment = None if moments is None else moments.get(e.name)
+        w = e.view.weight if moment is None else whitened_weight(e.view.weight, e.shapes, moment)
+        spectrum = kron_spectrum(w, e.shapes)
         budgets.append(LayerBudget(e.name, dense, sum(o * n for o, n in e.shapes), spectrum))
     if max_error is not None:
         chosen = ranks_for_error(budgets, max_error, max_rank)

@@ -450,6 +450,10 @@ def add_arguments(lm: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(lm_func=_cmd_report)
 
+    from torchkron.experiments.commands.lm_compress import add_compress_arguments
+
+    add_compress_arguments(sub)  # compress, compress-report (issue 20)
+
 
 def run(args: argparse.Namespace) -> int:
     action: Any = args.lm_func
