@@ -17,7 +17,6 @@ and ``_nearest`` are where they live.
 from torchkron.factorization._nearest import SvdMethod as SvdMethod
 from torchkron.factorization._nearest import check_finite as check_finite
 from torchkron.factorization._nearest import kronecker_approximation as kronecker_approximation
-from torchkron.factorization._nearest import nearest_kronecker as nearest_kronecker
 from torchkron.factorization._nearest import relative_error as relative_error
 from torchkron.factorization._shapes import FactorShapes as FactorShapes
 from torchkron.factorization._shapes import RankClippedWarning as RankClippedWarning
@@ -38,6 +37,7 @@ from torchkron.factorization.activation import DEFAULT_DAMPING as DEFAULT_DAMPIN
 from torchkron.factorization.activation import SecondMoment as SecondMoment
 from torchkron.factorization.activation import activation_kronecker as activation_kronecker
 from torchkron.factorization.activation import kronecker_moment as kronecker_moment
+from torchkron.factorization.activation import nearest_kronecker as nearest_kronecker
 from torchkron.factorization.activation import output_error as output_error
 from torchkron.factorization.activation import second_moment as second_moment
 from torchkron.factorization.activation import whitened_low_rank as whitened_low_rank

@@ -12,7 +12,9 @@ moment ``C = E[x x^T]``, the mean squared output error of an approximation is
   mapped back by ``S_i^-1``;
 - solves the low-rank case exactly (:func:`whitened_low_rank`: the truncated SVD of
   ``W C^1/2`` mapped back by ``C^-1/2``, the "whitened SVD");
-- measures the output error (:func:`output_error`) with the full ``C``.
+- measures the output error (:func:`output_error`) with the full ``C``;
+- holds :func:`nearest_kronecker`, the public entry: plain Van Loan
+  (:mod:`torchkron.factorization._nearest`) without a moment, this module's route with one.
 
 Damping: every moment whose inverse root is taken is replaced by ``C + lam I`` with
 ``lam = damping * tr(C) / n`` (default ``damping = 1e-4``), so that unused input features
@@ -39,6 +41,7 @@ __all__ = [
     "check_moment",
     "damped_root",
     "kronecker_moment",
+    "nearest_kronecker",
     "output_error",
     "second_moment",
     "whitened_low_rank",
@@ -92,6 +95,83 @@ class SecondMoment:
                 "(update()) before reading the moment."
             )
         return self._sum / self.count
+
+
+def nearest_kronecker(
+    weight: Tensor,
+    shapes: Sequence[tuple[int, int]],
+    rank: int = 1,
+    *,
+    svd: SvdMethod = "auto",
+    input_second_moment: Tensor | None = None,
+    damping: float = 1e-4,
+) -> tuple[list[Tensor], float]:
+    """The sum of ``rank`` Kronecker products nearest to ``weight`` in Frobenius norm, or
+    in output error on data when ``input_second_moment`` is given.
+
+    For two factors this is the Van Loan-Pitsianis rearrangement followed by a truncated
+    SVD, which is optimal (Eckart-Young) and exact once ``rank`` reaches the rank of the
+    rearranged matrix. For ``k > 2`` factors it is a sequential SVD: the first factor is
+    split off by an SVD, each remainder is split again, and the ``rank`` heaviest of the
+    resulting mutually orthogonal Kronecker terms are kept (a beam of ``rank`` branches
+    per level). That is exact on sums of Kronecker products whose expansion has at most
+    ``rank`` terms, and the error never exceeds the dropped terms' weight; it is not
+    guaranteed optimal for ``k > 2``, a problem that is NP-hard in general.
+
+    A ``rank`` above :func:`max_kronecker_rank` would only add zero terms: it is lowered
+    to that bound with a :class:`RankClippedWarning`, and the returned factors have the
+    lowered rank as their first dimension.
+
+    The computation runs in float64 and the factors are returned in ``weight``'s dtype.
+    The returned error is always computed from the returned factors
+    (``||W - W_hat||_F / ||W||_F``), whichever SVD produced them.
+
+    Args:
+        weight: ``(prod out_i, prod in_i)`` matrix; every entry finite.
+        shapes: ``[(out_1, in_1), ..., (out_k, in_k)]``.
+        rank: number of summed Kronecker terms ``R >= 1``.
+        svd: ``"full"``: ``torch.linalg.svd`` of every rearranged matrix. ``"randomized"``:
+            a randomised range finder with subspace iteration until the kept singular
+            values converge (seeded with a private generator: the global RNG is not
+            touched, results are reproducible). It is exact whenever the rearranged
+            matrix's rank is below the sketch size ``2 R + 10``, and otherwise within
+            float64 tolerance of the full SVD's error on matrices whose spectrum decays
+            (trained weights); on flat spectra it may keep a slightly worse subspace.
+            ``"auto"`` (default): randomised when the matrix is large (smaller side
+            >= 256) and the sketch is at most a quarter of it, full otherwise.
+        input_second_moment: ``C = E[x x^T]`` of the layer's inputs, ``(in, in)``
+            (accumulate it with :class:`torchkron.factorization.SecondMoment`). Given, the
+            factors minimise the output error ``||(W - W_hat) C^1/2||_F`` with ``C``
+            replaced by its K-FAC approximation ``C_1 (x) ... (x) C_k`` in the input split
+            of ``shapes`` (exact for two factors when ``C`` is a Kronecker product); see
+            :mod:`torchkron.factorization.activation`.
+        damping: with ``input_second_moment``, the ridge ``damping * tr(C_i) / n_i``
+            added to each moment factor before its inverse square root.
+
+    Returns:
+        ``(factors, relative_error)``: factors in the ``(R, out_i, in_i)`` layout of
+        :func:`torchkron.functional.kron_linear`, and ``||W - W_hat||_F / ||W||_F``
+        (0 for a zero ``weight``); with ``input_second_moment``, the relative output
+        error ``||(W - W_hat) C^1/2||_F / ||W C^1/2||_F`` under the full ``C``.
+
+    Raises:
+        TypeError: ``rank`` is not an int (e.g. ``True`` or ``2.0``), or bad ``shapes``.
+        ValueError: ``rank < 1``, shapes that do not match ``weight``, a ``weight`` with
+            NaN or Inf entries (the message counts and locates them), or a ``weight`` on
+            the meta device (it has no values to approximate).
+
+    Examples:
+        >>> a, b = torch.randn(3, 4, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64)
+        >>> factors, err = nearest_kronecker(torch.kron(a, b), [(3, 4), (5, 6)])
+        >>> err < 1e-12
+        True
+    """
+    if input_second_moment is not None:
+        return activation_kronecker(
+            weight, shapes, rank, input_second_moment, svd=svd, damping=damping
+        )
+    factors, err = kronecker_approximation(weight, shapes, rank, svd, "nearest_kronecker")
+    return factors, err
 
 
 def second_moment(inputs: Iterable[Tensor]) -> Tensor:

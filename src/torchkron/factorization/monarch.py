@@ -32,7 +32,7 @@ def monarch_projection(weight: Tensor, nblocks: int) -> tuple[Tensor, Tensor, fl
         >>> from torchkron import MonarchLinear
         >>> layer = MonarchLinear(8, 12, nblocks=2, bias=False)
         >>> b1, b2, err = monarch_projection(layer.weight.detach().double(), 2)
-        >>> err < 1e-12
+        >>> err < 1e-6  # W was built in float32
         True
     """
     out_f, in_f = (int(d) for d in weight.shape)

@@ -12,12 +12,11 @@ Heavy imports (torch, matplotlib) happen only when a subcommand runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from torchkron.experiments.commands._lm_shared import add_data, load_data, session
 from torchkron.experiments.common.errors import UserError
 from torchkron.experiments.common.runs import check_run_name
 from torchkron.experiments.lm.config import LMConfig
@@ -34,26 +33,6 @@ from torchkron.experiments.options import (
 __all__ = ["add_arguments", "run"]
 
 DEFAULT_OUT = "results/lm"
-LOG_FILE = "progress.log"
-
-
-def _add_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="folder with Tiny Shakespeare's input.txt (or the file); default: "
-        "$TORCHKRON_DATA, else ~/.cache/torchkron/tinyshakespeare (downloaded there if "
-        "missing, md5-checked)",
-    )
-    p.add_argument(
-        "--no-download", action="store_true", help="fail instead of downloading a missing file"
-    )
-    p.add_argument(
-        "--any-text",
-        action="store_true",
-        help="accept a text file that is not Tiny Shakespeare (no md5 check; for smoke tests)",
-    )
 
 
 def _add_recipe(p: argparse.ArgumentParser) -> None:
@@ -188,17 +167,6 @@ def _model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
-def _load(args: argparse.Namespace, progress: Any) -> Any:
-    from torchkron.experiments.data.text import load_text
-
-    return load_text(
-        args.data_dir,
-        download=not args.no_download,
-        check_md5=not args.any_text,
-        progress=progress.message,
-    )
-
-
 def _refuse_overwrite(names: list[tuple[str, int]], out: Path, resume: bool) -> None:
     from torchkron.experiments.lm.trainer import LMPaths
 
@@ -214,19 +182,6 @@ def _refuse_overwrite(names: list[tuple[str, int]], out: Path, resume: bool) -> 
         )
 
 
-@contextlib.contextmanager
-def _session(args: argparse.Namespace) -> Iterator[Any]:
-    """``--out`` locked for this session (as the MNIST commands do: a second session
-    writing into it gets the lock's message), and the progress log opened."""
-    from torchkron.experiments.common.lock import FolderLock
-    from torchkron.experiments.lm.runner import LMProgress
-
-    with FolderLock(args.out, args.command_line):
-        progress = LMProgress(quiet=args.quiet, log_path=args.out / LOG_FILE, force=True)
-        progress.message(f"$ {args.command_line}")
-        yield progress
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from torchkron.experiments.lm.schedule import linear_id, parse_linear
 
@@ -236,7 +191,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         + ([f"h{args.mlp_hidden}"] if args.mlp_hidden else [])
         + ([f"e{args.n_embd}"] if args.n_embd else [])
     ).replace(":", "")
-    with _session(args) as progress:
+    with session(args) as progress:
         _refuse_overwrite([(name, args.seed)], args.out, args.resume)
         return _train_one(args, name, attn, mlp, progress)
 
@@ -246,7 +201,7 @@ def _train_one(args: argparse.Namespace, name: str, attn: Any, mlp: Any, progres
     from torchkron.experiments.lm.runner import iters_done
     from torchkron.experiments.lm.trainer import LMJob, LMPaths, train_lm
 
-    data = _load(args, progress)
+    data = load_data(args, progress)
     spec = GPTSpec(
         vocab_size=data.vocab_size,
         n_embd=args.n_embd or 128,
@@ -316,14 +271,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             print(f"main   {j.name:28s} seed {j.seed}  {j.description}")
         print(f"{len(plan.sweep)} sweep runs + {len(plan.main)} main runs")
         return 0
-    with _session(args) as progress:
+    with session(args) as progress:
         return _sweep(args, progress)
 
 
 def _sweep(args: argparse.Namespace, progress: Any) -> int:
     from torchkron.experiments.lm.runner import run_plan
 
-    data = _load(args, progress)
+    data = load_data(args, progress)
     plan = _plan(args, data.vocab_size)
     names = [(j.name, j.seed) for j in plan.sweep] + [(p.job.name, p.job.seed) for p in plan.main]
     _refuse_overwrite(names, args.out, args.resume)
@@ -386,7 +341,7 @@ def add_arguments(lm: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0)
     _add_model(p, structures=True)
     _add_recipe(p)
-    _add_data(p)
+    add_data(p)
     _add_common(p)
     p.set_defaults(lm_func=_cmd_train)
 
@@ -430,7 +385,7 @@ def add_arguments(lm: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="report without PNG plots")
     _add_model(p, structures=False)
     _add_recipe(p)
-    _add_data(p)
+    add_data(p)
     _add_common(p)
     p.set_defaults(lm_func=_cmd_sweep)
 

@@ -148,7 +148,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from torchkron.experiments.commands.lm import _load, _progress
+    from torchkron.experiments.commands._lm_shared import load_data, session
     from torchkron.experiments.common.errors import UserError
     from torchkron.experiments.lm.compress import BUDGETS, METHODS
     from torchkron.experiments.lm.compress_report import write_compress_report
@@ -170,30 +170,35 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         calib_batches=args.calib_batches,
         eval_interval=min(args.eval_interval, args.iters),
     )
-    progress = _progress(args)
-    data = _load(args, progress)
-    teacher = _ensure_teacher(args, data, progress)
-    jobs = plan_jobs(methods, budgets, args.seeds)
-    progress.message(f"teacher {teacher}; {len(jobs)} students; {args.jobs} worker(s)")
-    if args.jobs <= 1:
-        _init_worker(args.data_dir, args.any_text, teacher)
-        for job in jobs:
-            rec = _run_job(job, config, args.out, args.command_line)
-            _done(progress, rec)
-    else:
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(
-            args.jobs,
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(data.source, args.any_text, teacher),
-        ) as pool:
-            futures = [pool.submit(_run_job, j, config, args.out, args.command_line) for j in jobs]
-            for fut in as_completed(futures):
-                _done(progress, fut.result())
-    if not args.no_report:
-        for path in write_compress_report(args.out, scratch=args.scratch, plots=not args.no_plots):
-            progress.message(f"wrote {path}")
+    # --out locked for the session, as every lm action: two sessions never write at once.
+    with session(args) as progress:
+        data = load_data(args, progress)
+        teacher = _ensure_teacher(args, data, progress)
+        jobs = plan_jobs(methods, budgets, args.seeds)
+        progress.message(f"teacher {teacher}; {len(jobs)} students; {args.jobs} worker(s)")
+        if args.jobs <= 1:
+            _init_worker(args.data_dir, args.any_text, teacher)
+            for job in jobs:
+                rec = _run_job(job, config, args.out, args.command_line)
+                _done(progress, rec)
+        else:
+            ctx = mp.get_context("spawn")
+            with ProcessPoolExecutor(
+                args.jobs,
+                mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(data.source, args.any_text, teacher),
+            ) as pool:
+                futures = [
+                    pool.submit(_run_job, j, config, args.out, args.command_line) for j in jobs
+                ]
+                for fut in as_completed(futures):
+                    _done(progress, fut.result())
+        if not args.no_report:
+            for path in write_compress_report(
+                args.out, scratch=args.scratch, plots=not args.no_plots
+            ):
+                progress.message(f"wrote {path}")
     return 0
 
 
@@ -215,7 +220,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def add_compress_arguments(sub: Any) -> None:
     """Add ``compress`` and ``compress-report`` to ``torchkron lm``'s actions."""
-    from torchkron.experiments.commands.lm import _add_data
+    from torchkron.experiments.commands._lm_shared import add_data
     from torchkron.experiments.lm.compress import BUDGETS
 
     p = sub.add_parser(
@@ -273,7 +278,7 @@ def add_compress_arguments(sub: Any) -> None:
     g.add_argument("--n-layer", type=positive_int, default=4)
     g.add_argument("--n-head", type=positive_int, default=4)
     g.add_argument("--block-size", type=positive_int, default=64)
-    _add_data(p)
+    add_data(p)
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="default %(default)s")
     p.add_argument("--resume", action="store_true", help="keep finished runs")
     p.add_argument("--quiet", action="store_true")
