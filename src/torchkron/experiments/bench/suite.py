@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.metadata
 import json
 import os
 import statistics
@@ -265,8 +266,10 @@ def _suite_config(cfg: SuiteConfig) -> dict[str, Any]:
 
 def _resume_key(cfg: SuiteConfig) -> dict[str, Any]:
     """What a checkpoint must match to be continued: the same run on the same code."""
+    config = _suite_config(cfg)
+    config.pop("budget_s", None)  # a run cut short may be continued with another budget
     return {
-        "config": _suite_config(cfg),
+        "config": config,
         "memory": cfg.memory,
         "shapes": [s.name for s in cfg.shapes],
         "environment": _environment(cfg),
@@ -339,15 +342,25 @@ def run_suite(
             continue
         log(f"{shape.describe()} ({dtype})")
         try:
-            results.extend(bench_shape(shape, dtype, cfg, log, deadline))
-        except Exception as exc:  # outside any one contender, e.g. the inputs run out of memory
+            rows = bench_shape(shape, dtype, cfg, log, deadline)
+        except torch.OutOfMemoryError as exc:  # outside any one contender: the inputs
+            # themselves do not fit (at GPU row counts); the next, smaller shape may.
             log(f"  {shape.name} ({dtype}) failed: {_describe(exc)}")
-            results.extend(_all_failed(shape, dtype, cfg, "error", _describe(exc)))
+            rows = _all_failed(shape, dtype, cfg, "error", _describe(exc))
         if cfg.device.type == "cuda":
             torch.cuda.empty_cache()  # the next shape starts from a clean allocator
+        if deadline is not None and any(r.get("reason") == _budget_reason(cfg) for r in rows):
+            late += rows  # cut off inside the shape: a resumed run times all of it again
+            continue
+        results.extend(rows)
         state["done"].append(list(pair))
         if checkpoint is not None:
             _write_checkpoint(checkpoint, state)
+    budget = (
+        {}
+        if cfg.budget is None
+        else {"pairs_not_run": len({(r["shape"], r["dtype"]) for r in late})}
+    )
     results = results + late
     return {
         "schema": SCHEMA,
@@ -374,6 +387,7 @@ def run_suite(
         "results": results,
         "goals": evaluate_goals(results, cfg.shapes),
         "note": cfg.note,
+        **budget,
     }
 
 
@@ -389,11 +403,9 @@ def _environment(cfg: SuiteConfig) -> dict[str, Any]:
             allow_tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32),
         )
         try:
-            import triton
-
-            env["triton"] = str(triton.__version__)
-        except Exception as exc:  # not installed, or broken: recorded, not fatal
-            env["triton"] = f"not importable ({type(exc).__name__})"
+            env["triton"] = importlib.metadata.version("triton")
+        except importlib.metadata.PackageNotFoundError:
+            env["triton"] = None
     return env
 
 

@@ -75,8 +75,8 @@ def event_blocks(fn: Callable[[], None], device: torch.device, min_run_time: flo
     time is the GPU's, not the launch loop's (what ``blocked_autorange`` measures when
     kernels are shorter than their launches).
     """
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
+    start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
 
     def block(n: int) -> float:
         start.record()
@@ -98,7 +98,7 @@ def cuda_graph_replay(fn: Callable[[], None], device: torch.device) -> Callable[
     The replay reruns the captured kernels on the same memory, without Python or launch
     overhead; a step that cannot be captured (a host sync, a CPU tensor) raises here.
     """
-    side = torch.cuda.Stream(device)
+    side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
         for _ in range(3):

@@ -21,6 +21,11 @@ first checked to compute the same output as ``torchkron:permute``.
 Results go to ``<out>/bench-<device>[-quick].json`` and ``.md``, stamped with the
 machine, thread count, torch version and git commit.
 
+On CUDA (``--device cuda``) steps are timed between CUDA events by default
+(``--timer``); ``--graphs`` also times them replayed as CUDA graphs, ``--budget`` bounds
+the run's seconds and ``--shape-set priority`` orders the shapes for such a bounded GPU
+session (what ``benchmarks/gpu.sh`` runs).
+
 The suite itself lives in :mod:`torchkron.experiments.bench`.
 """
 
@@ -144,6 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--budget",
         type=float,
         default=None,
+        metavar="SECONDS",
         help="seconds for the whole run: shapes are then run one at a time in every "
         "dtype, and those not reached in time are recorded as skipped (default: no limit)",
     )
@@ -260,6 +266,8 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         for s in ALL_SHAPES:
             print(f"{s.name:16s} {s.describe()}{'' if s.dense else ' (no dense)'}")
+        for name, members in SHAPE_SETS.items():
+            print(f"--shape-set {name}: {', '.join(s.name for s in members)}")
         print("contenders:", ", ".join(contender_names()))
         return 0
     cfg = _config(args)
@@ -278,8 +286,15 @@ def run(args: argparse.Namespace) -> int:
         cfg, log=lambda line: print(line, flush=True), checkpoint=checkpoint, resume=args.resume
     )
     json_path, md_path = write_results(doc, out, stem)
-    checkpoint.unlink(missing_ok=True)
     print(f"wrote {json_path} and {md_path}")
+    if doc.get("pairs_not_run"):
+        # Kept so that the same command with --resume times only what the budget cut off.
+        print(
+            f"the time budget left {doc['pairs_not_run']} (dtype, shape) pair(s) not run; "
+            f"the same command with --resume runs them ({checkpoint} holds the pairs done)"
+        )
+    else:
+        checkpoint.unlink(missing_ok=True)
     return 0
 
 

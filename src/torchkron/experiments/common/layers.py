@@ -42,7 +42,7 @@ class LinearSpec:
 
     Examples:
         >>> LinearSpec("kron", rank=2).build(64, 128)
-        KronLinear(in_features=64, out_features=128, shapes=((16, 8), (8, 8)), rank=2, bias=True)
+        KronLinear(in_features=64, out_features=128, bias=True, factors=16x8 (x) 8x8, rank=2)
         >>> LinearSpec("kron", shapes=((25, 28), (25, 28)), tied=True).weights(784, 625)
         700
     """
@@ -95,9 +95,8 @@ class LinearSpec:
         """The layer: ``nn.Linear``, :class:`torchkron.KronLinear`,
         :class:`torchkron.LowRankLinear` or :class:`torchkron.MonarchLinear`, each with its
         own default init (``nn.Linear``'s variance); uses the global RNG."""
-        kw = {"bias": bias, "device": device, "dtype": dtype}
         if self.kind == "dense":
-            return nn.Linear(in_features, out_features, **kw)  # type: ignore[arg-type]
+            return nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
         if self.kind == "kron":
             shapes = self.kron_shapes(in_features, out_features)
             if self.tied and len(set(shapes)) != 1:
@@ -106,12 +105,23 @@ class LinearSpec:
                     f"{out_features} splits into {shapes}; drop tying for this layer."
                 )
             return KronLinear(
-                in_features, out_features, shapes=shapes, rank=self.rank, tied=self.tied, **kw
-            )  # type: ignore[arg-type]
+                in_features,
+                out_features,
+                bias=bias,
+                shapes=shapes,
+                rank=self.rank,
+                tied=self.tied,
+                device=device,
+                dtype=dtype,
+            )
         if self.kind == "lowrank":
-            return LowRankLinear(in_features, out_features, self.rank, **kw)  # type: ignore[arg-type]
+            return LowRankLinear(
+                in_features, out_features, self.rank, bias=bias, device=device, dtype=dtype
+            )
         try:
-            return MonarchLinear(in_features, out_features, self.nblocks, **kw)  # type: ignore[arg-type]
+            return MonarchLinear(
+                in_features, out_features, self.nblocks, bias=bias, device=device, dtype=dtype
+            )
         except ValueError as exc:
             raise UserError(str(exc)) from None
 
