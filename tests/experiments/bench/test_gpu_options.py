@@ -38,6 +38,22 @@ def _quick(tmp_path: Path, *extra: str) -> argparse.Namespace:
     return _parse("--quick", "--out", str(tmp_path), *FAST, "--no-memory", *extra)
 
 
+def _cfg(**changes: object) -> suite.SuiteConfig:
+    """A one-shape float32 CPU suite of nn.Linear, fast and without memory probes."""
+    kw: dict[str, object] = {
+        "device": torch.device("cpu"),
+        "dtypes": [torch.float32],
+        "shapes": [bench_shapes.QUICK_SHAPES[0]],
+        "contenders": ["dense"],
+        "threads": 1,
+        "min_run_time": 0.001,
+        "rounds": 1,
+        "warmup": 0.0,
+        "memory": False,
+    }
+    return suite.SuiteConfig(**{**kw, **changes})  # type: ignore[arg-type]
+
+
 def test_timer_auto_is_events_on_cuda_and_benchmark_on_the_cpu():
     args = _parse()
     assert bench._gpu_options(args, torch.device("cuda"))["timer"] == "events"
@@ -91,19 +107,7 @@ def test_graph_modes_are_rows_tables_and_goals_of_their_own(tmp_path, monkeypatc
         return fn
 
     monkeypatch.setattr(suite, "cuda_graph_replay", fake_replay)
-    shape = bench_shapes.QUICK_SHAPES[0]
-    cfg = suite.SuiteConfig(
-        device=torch.device("cpu"),
-        dtypes=[torch.float32],
-        shapes=[shape],
-        contenders=["dense", "KronLinear"],
-        threads=1,
-        min_run_time=0.001,
-        rounds=1,
-        warmup=0.0,
-        memory=False,
-        graphs=True,
-    )
+    cfg = _cfg(contenders=["dense", "KronLinear"], graphs=True)
     doc = suite.run_suite(cfg, log=lambda _: None)
     keys = [(r["mode"], r["contender"]) for r in doc["results"]]
     assert len(keys) == len(set(keys))
@@ -131,18 +135,7 @@ def test_event_timer_is_what_the_suite_times_with(monkeypatch):
         return [2e-3] * 5
 
     monkeypatch.setattr(suite, "event_blocks", fake_events)
-    cfg = suite.SuiteConfig(
-        device=torch.device("cpu"),
-        dtypes=[torch.float32],
-        shapes=[bench_shapes.QUICK_SHAPES[0]],
-        contenders=["dense"],
-        threads=1,
-        min_run_time=0.015,
-        rounds=2,
-        warmup=0.0,
-        memory=False,
-        timer="events",
-    )
+    cfg = _cfg(min_run_time=0.015, rounds=2, timer="events")
     doc = suite.run_suite(cfg, log=lambda _: None)
     ok = [r for r in doc["results"] if r["status"] == "ok"]
     assert ok
@@ -217,18 +210,7 @@ def test_the_budget_cuts_off_later_shapes_and_resume_runs_them(tmp_path, monkeyp
 
 
 def test_a_budget_spent_inside_a_shape_skips_its_remaining_modes():
-    cfg = suite.SuiteConfig(
-        device=torch.device("cpu"),
-        dtypes=[torch.float32],
-        shapes=[bench_shapes.QUICK_SHAPES[0]],
-        contenders=["dense"],
-        threads=1,
-        min_run_time=0.001,
-        rounds=1,
-        warmup=0.0,
-        memory=False,
-        budget=5.0,
-    )
+    cfg = _cfg(budget=5.0)
     rows = suite.bench_shape(cfg.shapes[0], torch.float32, cfg, lambda _: None, deadline=0.0)
     assert {(r["mode"], r["status"]) for r in rows} == {
         (m, "skipped") for m in bench_shapes.modes_of("dense")
@@ -263,26 +245,20 @@ def test_gpu_session_dry_run_runs_the_benchmark_on_the_cpu(tmp_path):
     # tests/functional/test_triton.py::test_gpu_check_dry_run_passes_on_the_cpu).
     env = {**os.environ, "CHECK": "0", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     env.pop("OUT", None)
+
+    def dry_run(extra: list[str]) -> subprocess.CompletedProcess[str]:
+        script = str(ROOT / "benchmarks" / "gpu.sh")
+        command = ["bash", script, "--dry-run", str(tmp_path), *extra]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
     extra = ["--shapes", "quick-2f,quick-nodense", "--contenders", "dense,torchkron:bmm,nope"]
-    proc = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run", str(tmp_path), *extra],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    proc = dry_run(extra)
     # an unknown contender is refused by name, and the script reports the failing part
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "unknown contenders ['nope']" in proc.stdout
     assert "torchkron bench exited 2" in proc.stdout
     extra[-1] = "dense,torchkron:bmm"
-    proc = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run", str(tmp_path), *extra],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    proc = dry_run(extra)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "gpu-env-cpu.txt").read_text().startswith("date: ")
     assert "wrote" in (tmp_path / "bench-cpu-gpu.log").read_text()
