@@ -290,12 +290,12 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     ran: list[str] = []
     killed: list[bool] = []
 
-    def interrupted(shape, dtype, cfg, log):
+    def interrupted(shape, dtype, cfg, log, deadline=None):
         if shape.name == shapes[1] and not killed:
             killed.append(True)
-            raise RuntimeError("killed")  # as a run cut short (timeout, out of memory)
+            raise RuntimeError("killed")  # as a run cut short (a timeout, a crash)
         ran.append(shape.name)
-        return real(shape, dtype, cfg, log)
+        return real(shape, dtype, cfg, log, deadline)
 
     monkeypatch.setattr(suite, "bench_shape", interrupted)
     with pytest.raises(RuntimeError, match="killed"):

@@ -20,6 +20,7 @@ from torchkron.experiments.lm.schedule import (
     StudyPlan,
     format_lr,
     parse_linear,
+    study_configs,
     study_plan,
 )
 from torchkron.experiments.lm.trainer import (
@@ -268,7 +269,7 @@ def test_mnist_sweep_lowrank_baselines() -> None:
     assert "lowrank" in specs[0].to_dict()["hidden"]
     # other layers serialise as before, so earlier run files still match the seed variants
     assert "lowrank" not in SEED_VARIANTS[0].to_dict()["hidden"]
-    assert not grid_specs(Grid(factors=(), widths=(1,)))[0].hidden.lowrank
+    assert grid_specs(Grid(factors=(), widths=(1,)))[0].hidden.linear.kind == "dense"
 
 
 def test_plan_orders_by_seed_within_a_tier() -> None:
@@ -385,3 +386,27 @@ def test_bench_command(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "step_bench.json").read_text())
     assert [r["config"] for r in result["rows"]] == ["dense", "lowrank-mlp-r4"]
     assert result["rows"][0]["ratio_vs_dense"] == 1.0
+
+
+# The spec of results/lm/runs/kron-attn-k2-r4--seed0.json, as the study wrote it before
+# the harness had one LinearSpec for both studies.
+STORED_LM_SPEC = (
+    '{"vocab_size": 65, "block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128, '
+    '"mlp_hidden": 0, "dropout": 0.0, "bias": false, "attn": {"kind": "kron", "factors": 2, '
+    '"rank": 4, "tied": false, "nblocks": 4}, "mlp": {"kind": "dense", "factors": 2, '
+    '"rank": 1, "tied": false, "nblocks": 4}, "init": "gpt2"}'
+)
+
+
+def test_stored_run_specs_read_back_equal_to_the_study_and_write_identically() -> None:
+    # What resume compares (trainer._check_same): the saved spec read back must equal the
+    # job's, and the record written now must be byte-identical to the stored one.
+    stored = json.loads(STORED_LM_SPEC)
+    (config,) = [c for c in study_configs() if c.name == "kron-attn-k2-r4"]
+    assert GPTSpec.from_dict(stored) == config.spec
+    assert json.dumps(config.spec.to_dict()) == STORED_LM_SPEC
+
+
+def test_gpt_layers_take_a_factor_count_not_explicit_shapes() -> None:
+    with pytest.raises(UserError, match=r"GPTSpec.mlp has explicit factor shapes.*factors=k"):
+        GPTSpec(mlp=LinearSpec("kron", shapes=((16, 8), (8, 16))))

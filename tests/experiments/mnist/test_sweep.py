@@ -49,7 +49,7 @@ def test_default_grid():
     # Ranks 1-8 for every k, 16 too for k = 3 (fixed: the committed runs are this grid).
     assert DEFAULT_RANKS == {2: (1, 2, 4, 8), 3: (1, 2, 4, 8, 16), 4: (1, 2, 4, 8)}
     assert len(kron) == 4 * 2 * 2 + 5 * 2 + 4 * 2  # k=2 tied and untied; k=3, 4 untied
-    assert {s.family for s in kron if s.hidden.tied} == {
+    assert {s.family for s in kron if s.hidden.linear.tied} == {
         "kron-k2-tied-denseout",
         "kron-k2-tied-kronout",
     }

@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from torchkron.experiments.bench.shapes import GOALS, MEMORY_GOAL_BYTES, NO_DENSE, BenchShape
+from torchkron.experiments.bench.shapes import (
+    BF16_GOALS,
+    GOALS,
+    MEMORY_GOAL_BYTES,
+    NO_DENSE,
+    BenchShape,
+)
 from torchkron.functional import dense_flops, kron_flops
 
 __all__ = ["RANK_GOALS", "evaluate_goals"]
@@ -42,6 +48,16 @@ def evaluate_goals(
         if r["mode"] == "train" and r["shape"] in GOALS and r.get("ratio_vs_dense"):
             target = GOALS[r["shape"]]
             goal = f"KronLinear train >= {target:g}x nn.Linear"
+            value = r["ratio_vs_dense"]
+            goals.append({"goal": goal, **where, "value": value, "met": value >= target})
+        if (
+            r["mode"] in ("train", "train_graph")
+            and r["dtype"] == "bfloat16"
+            and r["shape"] in BF16_GOALS
+            and r.get("ratio_vs_dense")
+        ):
+            target = BF16_GOALS[r["shape"]]
+            goal = f"KronLinear bfloat16 train >= {target:g}x nn.Linear (GPU)"
             value = r["ratio_vs_dense"]
             goals.append({"goal": goal, **where, "value": value, "met": value >= target})
         if r["mode"] == "train" and r["shape"] in RANK_GOALS and r.get("ratio_vs_dense"):

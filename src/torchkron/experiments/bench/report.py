@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from torchkron.experiments.bench.format import fmt_bytes, fmt_time
-from torchkron.experiments.bench.shapes import MODES
+from torchkron.experiments.bench.shapes import GRAPH_MODES, MODES
 from torchkron.experiments.common.environment import device_name
 
 __all__ = ["default_out", "markdown", "result_stem", "write_results"]
@@ -48,7 +48,20 @@ def markdown(doc: dict[str, Any]) -> str:
         f"- torch {env['torch']}, python {env['python']}, git {env['git_sha']}",
         f"- pyfastkron {env.get('pyfastkron')}, tensorly-torch {env.get('tltorch')}",
         f"- {doc['started_at']} .. {doc['finished_at']}; medians of {cfg['rounds']} "
-        f"interleaved rounds of `blocked_autorange(min_run_time={cfg['min_run_time_s']})`",
+        f"interleaved rounds of {_timer_text(cfg)}",
+        *(
+            [
+                "- `*_graph` modes: the same step captured once as a CUDA graph and replayed "
+                "(no Python or launch overhead)"
+            ]
+            if cfg.get("graphs")
+            else []
+        ),
+        *(
+            [f"- time budget {cfg['budget_s']:g} s: pairs not reached are listed as skipped"]
+            if cfg.get("budget_s") is not None
+            else []
+        ),
         *([f"- note: {doc['note']}"] if doc.get("note") else []),
         *(
             [
@@ -81,7 +94,7 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append("")
     shapes = {s["name"]: s for s in doc["shapes"]}
     for dtype in cfg["dtypes"]:
-        for mode in MODES:
+        for mode in MODES + GRAPH_MODES:
             rows = [r for r in doc["results"] if r["dtype"] == dtype and r["mode"] == mode]
             if not rows:
                 continue
@@ -124,6 +137,16 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{s['kron_flops_per_row']:,}; {s['kron_parameters']:,} factor weights"
         )
     return "\n".join(lines) + "\n"
+
+
+def _timer_text(cfg: dict[str, Any]) -> str:
+    """How the suite timed (files without ``timer`` used blocked_autorange)."""
+    if cfg.get("timer") == "events":
+        return (
+            f"blocks of back-to-back calls between two CUDA events "
+            f"(about {cfg['min_run_time_s']} s per measurement)"
+        )
+    return f"`blocked_autorange(min_run_time={cfg['min_run_time_s']})`"
 
 
 def write_results(doc: dict[str, Any], out: Path, stem: str) -> tuple[Path, Path]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.metadata
 import json
 import os
 import statistics
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from torchkron.experiments.bench.contenders import Contender, Skip, build_conten
 from torchkron.experiments.bench.format import fmt_time
 from torchkron.experiments.bench.goals import evaluate_goals
 from torchkron.experiments.bench.shapes import (
+    GRAPH_MODES,
     MODES,
     SCHEMA,
     SUMGRAD_CONTENDERS,
@@ -25,6 +28,8 @@ from torchkron.experiments.bench.shapes import (
     modes_of,
 )
 from torchkron.experiments.bench.timing import (
+    cuda_graph_replay,
+    event_blocks,
     forward_step,
     saved_tensor_bytes,
     step_peak_bytes,
@@ -66,6 +71,19 @@ class SuiteConfig:
     memory: bool
     note: str = ""
     tag: str = ""
+    # "benchmark": torch.utils.benchmark's blocked_autorange; "events": CUDA events.
+    timer: str = "benchmark"
+    graphs: bool = False  # also time each step replayed as a CUDA graph (GRAPH_MODES)
+    budget: float | None = None  # seconds for the run; later (shape, dtype) pairs skipped
+
+    def modes(self) -> tuple[str, ...]:
+        return MODES + GRAPH_MODES if self.graphs else MODES
+
+    def time_blocks(self, step: Callable[[], None]) -> list[float]:
+        """Per-call seconds of the blocks of one measurement of ``step``."""
+        if self.timer == "events":
+            return event_blocks(step, self.device, self.min_run_time)
+        return time_blocks(step, self.threads, self.min_run_time)
 
 
 def _failed(base: dict[str, Any], mode: str, name: str, status: str, reason: str) -> dict[str, Any]:
@@ -76,10 +94,33 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def bench_shape(
-    shape: BenchShape, dtype: torch.dtype, cfg: SuiteConfig, log: Callable[[str], None]
+def _budget_reason(cfg: SuiteConfig) -> str:
+    return f"not run: the time budget (--budget {cfg.budget:g} s) ran out"
+
+
+def _all_failed(
+    shape: BenchShape, dtype: torch.dtype, cfg: SuiteConfig, status: str, reason: str
 ) -> list[dict[str, Any]]:
+    """One row per contender and mode, all with the same status and reason."""
+    base = {"shape": shape.name, "dtype": str(dtype).removeprefix("torch.")}
+    return [
+        _failed(base, mode, name, status, reason)
+        for name in cfg.contenders
+        for mode in modes_of(name, cfg.graphs)
+    ]
+
+
+def bench_shape(
+    shape: BenchShape,
+    dtype: torch.dtype,
+    cfg: SuiteConfig,
+    log: Callable[[str], None],
+    deadline: float | None = None,
+) -> list[dict[str, Any]]:
+    """Every contender at one shape and dtype, in every mode; modes not started before
+    ``deadline`` (``time.monotonic()``) are recorded as skipped."""
     device = cfg.device
+    graphs = cfg.graphs
     factors = make_factors(shape, dtype, device)
     bias = (torch.randn(shape.out_features, generator=torch.Generator().manual_seed(1)) * 0.1).to(
         device, dtype
@@ -94,9 +135,14 @@ def bench_shape(
         try:
             contenders[name] = build_contender(name, shape, factors, bias, dtype, device)
         except Skip as why:
-            rows += [_failed(base, mode, name, "skipped", str(why)) for mode in modes_of(name)]
+            rows += [
+                _failed(base, mode, name, "skipped", str(why)) for mode in modes_of(name, graphs)
+            ]
         except Exception as exc:  # a contender that breaks must not stop the suite
-            rows += [_failed(base, mode, name, "error", _describe(exc)) for mode in modes_of(name)]
+            rows += [
+                _failed(base, mode, name, "error", _describe(exc))
+                for mode in modes_of(name, graphs)
+            ]
     # Correctness first: every contender must compute the same map.
     outputs: dict[str, Tensor] = {}
     for name, c in list(contenders.items()):
@@ -105,27 +151,40 @@ def bench_shape(
                 outputs[name] = c.fn(x).detach()
         except Exception as exc:
             del contenders[name]
-            rows += [_failed(base, mode, name, "error", _describe(exc)) for mode in modes_of(name)]
+            rows += [
+                _failed(base, mode, name, "error", _describe(exc))
+                for mode in modes_of(name, graphs)
+            ]
     for name, reason in _check_same(outputs, dtype).items():
         del contenders[name]
-        rows += [_failed(base, mode, name, "error", reason) for mode in modes_of(name)]
+        rows += [_failed(base, mode, name, "error", reason) for mode in modes_of(name, graphs)]
     with torch.no_grad():
         auto_forward = choose_impl(x, factors)
     with torch.enable_grad():
         auto_train = choose_impl(
             x.detach().requires_grad_(), [f.detach().requires_grad_() for f in factors]
         )
-    for mode in MODES:
-        xm = x.clone().requires_grad_(mode != "forward")
+    for mode in cfg.modes():
+        if deadline is not None and time.monotonic() > deadline:
+            rows += [
+                _failed(base, mode, name, "skipped", _budget_reason(cfg))
+                for name in contenders
+                if mode in modes_of(name, graphs)
+            ]
+            continue
+        eager = mode.removesuffix("_graph")
+        xm = x.clone().requires_grad_(eager != "forward")
         steps: dict[str, Callable[[], None]] = {}
         for name, c in contenders.items():
             if mode == "train_sumgrad" and name not in SUMGRAD_CONTENDERS:
                 continue
-            if mode == "forward":
+            if eager == "forward":
                 step = forward_step(c, xm)
             else:
-                step = train_step(c, xm, grad_out if mode == "train" else None)
+                step = train_step(c, xm, grad_out if eager == "train" else None)
             try:
+                if mode in GRAPH_MODES:
+                    step = cuda_graph_replay(step, device)
                 warm(step, cfg.warmup)
             except Exception as exc:
                 rows.append(_failed(base, mode, name, "error", _describe(exc)))
@@ -135,7 +194,7 @@ def bench_shape(
         blocks: dict[str, list[float]] = {n: [] for n in steps}
         for _ in range(cfg.rounds):  # interleaved: background load hits everyone alike
             for name, step in steps.items():
-                t = time_blocks(step, cfg.threads, cfg.min_run_time)
+                t = cfg.time_blocks(step)
                 times[name].append(statistics.median(t))
                 blocks[name].extend(t)
         for name in steps:
@@ -183,6 +242,14 @@ def bench_shape(
 
 
 def _suite_config(cfg: SuiteConfig) -> dict[str, Any]:
+    # The GPU options are stored only when used, so that other runs' files keep their form.
+    extra: dict[str, Any] = {}
+    if cfg.timer != "benchmark":
+        extra["timer"] = cfg.timer
+    if cfg.graphs:
+        extra["graphs"] = True
+    if cfg.budget is not None:
+        extra["budget_s"] = cfg.budget
     return {
         "device": str(cfg.device),
         "dtypes": [str(d).removeprefix("torch.") for d in cfg.dtypes],
@@ -193,16 +260,19 @@ def _suite_config(cfg: SuiteConfig) -> dict[str, Any]:
         "contenders": cfg.contenders,
         "tag": cfg.tag,
         "train_flops": "3 x forward FLOPs (input and weight gradients)",
+        **extra,
     }
 
 
 def _resume_key(cfg: SuiteConfig) -> dict[str, Any]:
     """What a checkpoint must match to be continued: the same run on the same code."""
+    config = _suite_config(cfg)
+    config.pop("budget_s", None)  # a run cut short may be continued with another budget
     return {
-        "config": _suite_config(cfg),
+        "config": config,
         "memory": cfg.memory,
         "shapes": [s.name for s in cfg.shapes],
-        "environment": environment(device=cfg.device, threads=cfg.threads),
+        "environment": _environment(cfg),
         "calibration": _calibration_used(cfg.device),
     }
 
@@ -252,28 +322,52 @@ def run_suite(
     results: list[dict[str, Any]] = state["results"]
     done = {tuple(d) for d in state["done"]}
     skipped_dtypes: dict[str, str] = {}
+    dtypes = []
     for dtype in cfg.dtypes:
         reason = _dtype_unsupported(dtype, cfg.device)
         if reason is not None:
             skipped_dtypes[str(dtype).removeprefix("torch.")] = reason
             log(f"skipping {dtype}: {reason}")
+        else:
+            dtypes.append(dtype)
+    deadline = None if cfg.budget is None else time.monotonic() + cfg.budget
+    late: list[dict[str, Any]] = []  # cut off by the budget: not checkpointed, so resumable
+    for shape, dtype in _pairs(cfg, dtypes):
+        pair = (str(dtype).removeprefix("torch."), shape.name)
+        if pair in done:
+            log(f"{shape.describe()} ({dtype}): done in the checkpoint")
             continue
-        for shape in cfg.shapes:
-            pair = (str(dtype).removeprefix("torch."), shape.name)
-            if pair in done:
-                log(f"{shape.describe()} ({dtype}): done in the checkpoint")
-                continue
-            log(f"{shape.describe()} ({dtype})")
-            results.extend(bench_shape(shape, dtype, cfg, log))
-            state["done"].append(list(pair))
-            if checkpoint is not None:
-                _write_checkpoint(checkpoint, state)
+        if deadline is not None and time.monotonic() > deadline:
+            late += _all_failed(shape, dtype, cfg, "skipped", _budget_reason(cfg))
+            continue
+        log(f"{shape.describe()} ({dtype})")
+        try:
+            rows = bench_shape(shape, dtype, cfg, log, deadline)
+        except torch.OutOfMemoryError as exc:  # outside any one contender: the inputs
+            # themselves do not fit (at GPU row counts); the next, smaller shape may.
+            log(f"  {shape.name} ({dtype}) failed: {_describe(exc)}")
+            rows = _all_failed(shape, dtype, cfg, "error", _describe(exc))
+        if cfg.device.type == "cuda":
+            torch.cuda.empty_cache()  # the next shape starts from a clean allocator
+        if deadline is not None and any(r.get("reason") == _budget_reason(cfg) for r in rows):
+            late += rows  # cut off inside the shape: a resumed run times all of it again
+            continue
+        results.extend(rows)
+        state["done"].append(list(pair))
+        if checkpoint is not None:
+            _write_checkpoint(checkpoint, state)
+    budget = (
+        {}
+        if cfg.budget is None
+        else {"pairs_not_run": len({(r["shape"], r["dtype"]) for r in late})}
+    )
+    results = results + late
     return {
         "schema": SCHEMA,
         "kind": "torchkron-bench",
         "started_at": state["started_at"],
         "finished_at": now_iso(),
-        "environment": environment(device=cfg.device, threads=cfg.threads),
+        "environment": _environment(cfg),
         "calibration": _calibration_used(cfg.device),
         "config": _suite_config(cfg),
         "shapes": [
@@ -293,7 +387,36 @@ def run_suite(
         "results": results,
         "goals": evaluate_goals(results, cfg.shapes),
         "note": cfg.note,
+        **budget,
     }
+
+
+def _environment(cfg: SuiteConfig) -> dict[str, Any]:
+    """The machine facts of the result file; on CUDA also the card's size, the TF32 matmul
+    setting (it changes float32 GEMM times) and the Triton version."""
+    env = environment(device=cfg.device, threads=cfg.threads)
+    if cfg.device.type == "cuda":
+        props = torch.cuda.get_device_properties(cfg.device)
+        env.update(
+            sm_count=props.multi_processor_count,
+            memory_gib=round(props.total_memory / 2**30, 1),
+            allow_tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32),
+        )
+        try:
+            env["triton"] = importlib.metadata.version("triton")
+        except importlib.metadata.PackageNotFoundError:
+            env["triton"] = None
+    return env
+
+
+def _pairs(cfg: SuiteConfig, dtypes: list[torch.dtype]) -> Iterator[tuple[BenchShape, torch.dtype]]:
+    """The (shape, dtype) pairs in run order: dtype by dtype, or, under a time budget,
+    shape by shape (every dtype of the first shape first), so that the shapes listed
+    first, the ones that matter most, are the ones that run."""
+    if cfg.budget is None:
+        yield from ((shape, dtype) for dtype in dtypes for shape in cfg.shapes)
+    else:
+        yield from ((shape, dtype) for shape in cfg.shapes for dtype in dtypes)
 
 
 def _calibration_used(device: torch.device) -> dict[str, Any]:

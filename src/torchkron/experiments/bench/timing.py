@@ -20,6 +20,8 @@ from torchkron.experiments.bench.contenders import Contender
 
 __all__ = [
     "cpu_memory_events",
+    "cuda_graph_replay",
+    "event_blocks",
     "forward_step",
     "quiet_stderr",
     "replayed_peak_bytes",
@@ -59,6 +61,57 @@ def time_blocks(fn: Callable[[], None], threads: int, min_run_time: float) -> li
     timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
     m = timer.blocked_autorange(min_run_time=min_run_time)
     return [t for t in m.times]
+
+
+#: Blocks per :func:`event_blocks` measurement (as blocked_autorange, several short ones).
+EVENT_BLOCKS = 5
+
+
+def event_blocks(fn: Callable[[], None], device: torch.device, min_run_time: float) -> list[float]:
+    """Per-call seconds of :data:`EVENT_BLOCKS` blocks timed between two CUDA events.
+
+    A block is ``n`` back-to-back calls, ``n`` sized from one timed call so that all blocks
+    together take about ``min_run_time``; the host does not wait between calls, so the
+    time is the GPU's, not the launch loop's (what ``blocked_autorange`` measures when
+    kernels are shorter than their launches).
+    """
+    start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+
+    def block(n: int) -> float:
+        start.record()
+        for _ in range(n):
+            fn()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end)) / 1e3 / n
+
+    torch.cuda.synchronize(device)
+    one = block(1)
+    n = max(1, min(10_000, int(min_run_time / EVENT_BLOCKS / max(one, 1e-7))))
+    return [block(n) for _ in range(EVENT_BLOCKS)]
+
+
+def cuda_graph_replay(fn: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """``fn`` captured once as a CUDA graph (after a warm-up on a side stream): its replay.
+
+    The replay reruns the captured kernels on the same memory, without Python or launch
+    overhead; a step that cannot be captured (a host sync, a CPU tensor) raises here.
+    """
+    side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+
+    def replay() -> None:
+        graph.replay()
+
+    return replay
 
 
 def warm(fn: Callable[[], None], seconds: float) -> None:

@@ -21,6 +21,11 @@ first checked to compute the same output as ``torchkron:permute``.
 Results go to ``<out>/bench-<device>[-quick].json`` and ``.md``, stamped with the
 machine, thread count, torch version and git commit.
 
+On CUDA (``--device cuda``) steps are timed between CUDA events by default
+(``--timer``); ``--graphs`` also times them replayed as CUDA graphs, ``--budget`` bounds
+the run's seconds and ``--shape-set priority`` orders the shapes for such a bounded GPU
+session (what ``benchmarks/gpu.sh`` runs).
+
 The suite itself lives in :mod:`torchkron.experiments.bench`.
 """
 
@@ -33,6 +38,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,15 +46,15 @@ from torchkron.experiments.bench.contenders import contender_names
 from torchkron.experiments.bench.report import default_out, result_stem, write_results
 from torchkron.experiments.bench.shapes import (
     ALL_SHAPES,
-    DEFAULT_SHAPES,
     DTYPES,
-    GPU_SHAPES,
-    QUICK_SHAPES,
-    RANK_SHAPES,
+    SHAPE_SETS,
+    shape_set,
 )
 from torchkron.experiments.bench.suite import SuiteConfig, run_suite
 
-__all__ = ["add_arguments", "parse_device", "run"]
+__all__ = ["TIMERS", "add_arguments", "parse_device", "run"]
+
+TIMERS = ("auto", "benchmark", "events")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +124,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-memory", action="store_true", help="skip peak-memory probes")
     parser.add_argument("--list", action="store_true", help="list shapes and contenders")
+    parser.add_argument(
+        "--shape-set",
+        choices=sorted(SHAPE_SETS),
+        default=None,
+        help="a named list of shapes (default: cpu on the CPU, cuda on a GPU); priority: "
+        "the GPU session's list, most important first (see --list)",
+    )
+    parser.add_argument(
+        "--timer",
+        choices=TIMERS,
+        default="auto",
+        help="how steps are timed: benchmark (torch.utils.benchmark's blocked_autorange), "
+        "events (back-to-back calls between CUDA events; CUDA only), auto (events on "
+        "CUDA, benchmark on the CPU; the default)",
+    )
+    parser.add_argument(
+        "--graphs",
+        action="store_true",
+        help="also time the forward and training steps captured as a CUDA graph and "
+        "replayed (modes forward_graph, train_graph; CUDA only)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds for the whole run: shapes are then run one at a time in every "
+        "dtype, and those not reached in time are recorded as skipped (default: no limit)",
+    )
 
 
 def parse_device(text: str) -> torch.device:
@@ -157,10 +192,12 @@ def _config(args: argparse.Namespace) -> SuiteConfig:
         if name.strip() not in DTYPES:
             raise UserError(f"unknown dtype {name!r}; use {', '.join(DTYPES)}.")
         dtypes.append(DTYPES[name.strip()])
-    pool = QUICK_SHAPES if args.quick else DEFAULT_SHAPES + RANK_SHAPES
-    if device.type == "cuda" and not args.quick:
-        pool += GPU_SHAPES
-    shapes = list(pool)
+    gpu = _gpu_options(args, device)
+    if args.quick and args.shape_set:
+        raise UserError(
+            f"--quick and --shape-set {args.shape_set} both choose the shapes; pass one of them."
+        )
+    shapes = list(shape_set(args.shape_set, device.type, args.quick))
     if args.shapes:
         known = {s.name: s for s in ALL_SHAPES}
         wanted = [n.strip() for n in str(args.shapes).split(",") if n.strip()]
@@ -197,7 +234,31 @@ def _config(args: argparse.Namespace) -> SuiteConfig:
         memory=not args.no_memory,
         note=str(args.note or ""),
         tag=str(args.tag or ""),
+        **gpu,
     )
+
+
+def _gpu_options(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """``--timer``, ``--graphs`` and ``--budget`` as SuiteConfig fields, checked."""
+    from torchkron.experiments.common.errors import UserError
+
+    timer = str(args.timer)
+    if timer == "auto":
+        timer = "events" if device.type == "cuda" else "benchmark"
+    cuda_only = [opt for opt, used in (("--timer events", timer == "events"),
+                                       ("--graphs", args.graphs)) if used]  # fmt: skip
+    if cuda_only and device.type != "cuda":
+        raise UserError(
+            f"{' and '.join(cuda_only)} need a CUDA device, but --device is {device}; "
+            "use --device cuda, or drop them on the CPU."
+        )
+    budget = args.budget
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise UserError(
+            f"--budget must be a finite number of seconds > 0, got {budget}; omit it for "
+            "no time limit."
+        )
+    return {"timer": timer, "graphs": bool(args.graphs), "budget": budget}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -205,6 +266,8 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         for s in ALL_SHAPES:
             print(f"{s.name:16s} {s.describe()}{'' if s.dense else ' (no dense)'}")
+        for name, members in SHAPE_SETS.items():
+            print(f"--shape-set {name}: {', '.join(s.name for s in members)}")
         print("contenders:", ", ".join(contender_names()))
         return 0
     cfg = _config(args)
@@ -223,8 +286,15 @@ def run(args: argparse.Namespace) -> int:
         cfg, log=lambda line: print(line, flush=True), checkpoint=checkpoint, resume=args.resume
     )
     json_path, md_path = write_results(doc, out, stem)
-    checkpoint.unlink(missing_ok=True)
     print(f"wrote {json_path} and {md_path}")
+    if doc.get("pairs_not_run"):
+        # Kept so that the same command with --resume times only what the budget cut off.
+        print(
+            f"the time budget left {doc['pairs_not_run']} (dtype, shape) pair(s) not run; "
+            f"the same command with --resume runs them ({checkpoint} holds the pairs done)"
+        )
+    else:
+        checkpoint.unlink(missing_ok=True)
     return 0
 
 

@@ -26,9 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchkron.experiments.common.errors import UserError
-from torchkron.factorization import factor_shapes
-from torchkron.functional import dense_flops, executed_flops
-from torchkron.layers import KronLinear, LowRankLinear, MonarchLinear
+from torchkron.experiments.common.layers import KINDS, LinearSpec
+from torchkron.functional import dense_flops
 
 __all__ = [
     "GPT",
@@ -41,7 +40,6 @@ __all__ = [
     "make_linear",
 ]
 
-KINDS = ("dense", "kron", "lowrank", "monarch")
 #: The linear layers of a block, as (role, group); a group is what a LinearSpec replaces.
 ROLES: tuple[tuple[str, str], ...] = (
     ("attn.qkv", "attn"),
@@ -50,59 +48,6 @@ ROLES: tuple[tuple[str, str], ...] = (
     ("mlp.proj", "mlp"),
 )
 INITS = ("gpt2", "linear")
-
-
-@dataclass(frozen=True)
-class LinearSpec:
-    """How to build one linear layer.
-
-    Attributes:
-        kind: ``"dense"``, ``"kron"``, ``"lowrank"`` or ``"monarch"``.
-        factors: Kronecker factors ``k`` (balanced shapes, :func:`torchkron.factor_shapes`).
-        rank: Kronecker rank ``R`` or low-rank inner dimension ``r``.
-        tied: Kronecker with one shared factor (needs equal factor shapes).
-        nblocks: Monarch blocks per block-diagonal factor.
-    """
-
-    kind: str = "dense"
-    factors: int = 2
-    rank: int = 1
-    tied: bool = False
-    nblocks: int = 4
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise UserError(f"Unknown layer kind {self.kind!r}; choose one of {', '.join(KINDS)}.")
-        for name in ("factors", "rank", "nblocks"):
-            if getattr(self, name) < 1:
-                raise UserError(f"LinearSpec.{name} must be >= 1, got {getattr(self, name)}.")
-
-    def describe(self) -> str:
-        if self.kind == "dense":
-            return "dense"
-        if self.kind == "kron":
-            tied = ", tied" if self.tied else ""
-            return f"Kronecker k={self.factors} R={self.rank}{tied}"
-        if self.kind == "lowrank":
-            return f"low-rank r={self.rank}"
-        return f"Monarch b={self.nblocks}"
-
-    def stages(self) -> int:
-        """Multiplicative stages of the weight (factors), for init rescaling."""
-        return {"dense": 1, "kron": self.factors, "lowrank": 2, "monarch": 2}[self.kind]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _kron_shapes(spec: LinearSpec, in_f: int, out_f: int) -> list[tuple[int, int]]:
-    try:
-        return factor_shapes(in_f, out_f, spec.factors)
-    except ValueError as exc:
-        raise UserError(
-            f"A {in_f} -> {out_f} layer cannot be split into {spec.factors} Kronecker factors "
-            f"({exc}); use fewer factors."
-        ) from None
 
 
 def make_linear(
@@ -124,49 +69,28 @@ def make_linear(
         >>> make_linear(LinearSpec("lowrank", rank=8), 128, 512)
         LowRankLinear(in_features=128, out_features=512, rank=8, bias=False)
     """
-    if spec.kind == "dense":
-        return nn.Linear(in_features, out_features, bias=bias)
-    if spec.kind == "kron":
-        shapes = _kron_shapes(spec, in_features, out_features)
-        if spec.tied and len(set(shapes)) != 1:
-            raise UserError(
-                f"Tied Kronecker factors need equal factor shapes, but {in_features} -> "
-                f"{out_features} splits into {shapes}; drop tying for this layer."
-            )
-        return KronLinear(
-            in_features, out_features, bias=bias, shapes=shapes, rank=spec.rank, tied=spec.tied
-        )
-    if spec.kind == "lowrank":
-        return LowRankLinear(in_features, out_features, spec.rank, bias=bias)
-    try:
-        return MonarchLinear(in_features, out_features, spec.nblocks, bias=bias)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    return spec.build(in_features, out_features, bias=bias)
 
 
 def layer_weights(spec: LinearSpec, in_f: int, out_f: int) -> int:
     """Stored weights of the layer ``make_linear`` builds (bias excluded)."""
-    if spec.kind == "dense":
-        return in_f * out_f
-    if spec.kind == "kron":
-        sizes = [o * n for o, n in _kron_shapes(spec, in_f, out_f)]
-        return spec.rank * (sizes[0] if spec.tied else sum(sizes))
-    if spec.kind == "lowrank":
-        return spec.rank * (in_f + out_f)
-    mid = min(in_f, out_f)
-    return mid * (in_f + out_f) // spec.nblocks
+    return spec.weights(in_f, out_f)
 
 
 def layer_flops(spec: LinearSpec, in_f: int, out_f: int) -> int:
     """Forward FLOPs per token of the layer (bias excluded)."""
-    if spec.kind == "dense":
-        return dense_flops(in_f, out_f)
-    if spec.kind == "kron":
-        outs, ins = zip(*_kron_shapes(spec, in_f, out_f), strict=True)
-        return executed_flops(outs, ins, spec.rank)
-    if spec.kind == "lowrank":
-        return 2 * spec.rank * (in_f + out_f)
-    return 2 * layer_weights(spec, in_f, out_f)
+    return spec.flops(in_f, out_f)
+
+
+def _linear_dict(spec: LinearSpec) -> dict[str, Any]:
+    """A block linear as run files store it (the size-free fields; shapes never set)."""
+    return {
+        "kind": spec.kind,
+        "factors": spec.factors,
+        "rank": spec.rank,
+        "tied": spec.tied,
+        "nblocks": spec.nblocks,
+    }
 
 
 @dataclass(frozen=True)
@@ -216,6 +140,12 @@ class GPTSpec:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}.")
         if self.init not in INITS:
             raise UserError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}.")
+        for group in ("attn", "mlp"):
+            if getattr(self, group).shapes is not None:
+                raise UserError(
+                    f"GPTSpec.{group} has explicit factor shapes, but one spec builds layers "
+                    "of different sizes; give the factor count (factors=k) instead."
+                )
 
     @property
     def hidden(self) -> int:
@@ -251,6 +181,8 @@ class GPTSpec:
 
     def to_dict(self) -> dict[str, Any]:
         converted: dict[str, Any] = json.loads(json.dumps(asdict(self)))
+        for group in ("attn", "mlp"):
+            converted[group] = _linear_dict(getattr(self, group))
         return converted
 
     @classmethod

@@ -87,28 +87,6 @@ class Source:
         }
 
 
-def _layer_from_dict(data: Any) -> LayerSpec:
-    shapes = data.get("shapes")
-    return LayerSpec(
-        int(data["in_features"]),
-        int(data["out_features"]),
-        None if shapes is None else tuple((int(o), int(n)) for o, n in shapes),
-        int(data.get("rank", 1)),
-        bool(data.get("tied", False)),
-    )
-
-
-def _spec_from_dict(data: Any) -> MLPSpec:
-    return MLPSpec(
-        str(data["name"]),
-        str(data.get("description", "")),
-        _layer_from_dict(data["hidden"]),
-        _layer_from_dict(data["output"]),
-        family=str(data.get("family", "custom")),
-        order=int(data.get("order", 1000)),
-    )
-
-
 def load_source(path: Path) -> Source:
     """Read and check a dense model checkpoint (``{"spec", "state_dict"}``).
 
@@ -137,14 +115,17 @@ def load_source(path: Path) -> Source:
             "'state_dict', as OUT/models/<variant>--seed<k>.pt of reproduce or sweep)."
         )
     try:
-        spec = _spec_from_dict(saved["spec"])
+        spec = MLPSpec.from_dict(saved["spec"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{path} has an unreadable model spec ({exc!r}).") from None
-    kron = [n for n, layer in (("hidden", spec.hidden), ("output", spec.output)) if layer.shapes]
+    layers = (("hidden", spec.hidden), ("output", spec.output))
+    kron = [n for n, layer in layers if layer.linear.kind != "dense"]
     if kron:
+        kinds = {layer.linear.kind for _, layer in layers} - {"dense"}
+        already = "Kronecker" if kinds == {"kron"} else "structured (low-rank)"
         raise UserError(
             f"{path} holds {spec.name!r}, whose {' and '.join(kron)} layer is already "
-            "Kronecker; compress converts dense models: pass a dense run's checkpoint such "
+            f"{already}; compress converts dense models: pass a dense run's checkpoint such "
             "as runs/mnist/models/original--seed0.pt."
         )
     model = build_mlp(spec)
@@ -210,7 +191,7 @@ def converted_spec(
         r = replaced.get(name)
         if r is None:
             return dense
-        return LayerSpec(dense.in_features, dense.out_features, tuple(r.shapes), rank=r.rank)
+        return LayerSpec.kron(dense.in_features, dense.out_features, r.shapes, rank=r.rank)
 
     hidden, output = layer("hidden", source.hidden), layer("output", source.output)
     what = "converted from" if arm == "finetune" else "trained from scratch, as"

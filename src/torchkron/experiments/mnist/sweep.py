@@ -100,7 +100,7 @@ def seed_variant_of(hidden: LayerSpec, output: LayerSpec) -> str | None:
 
 def _output_layer(output: str) -> LayerSpec:
     if output == "kron":
-        return LayerSpec(HIDDEN_FEATURES, NUM_CLASSES, OUTPUT_KRON_SHAPES)
+        return LayerSpec.kron(HIDDEN_FEATURES, NUM_CLASSES, OUTPUT_KRON_SHAPES)
     return LayerSpec(HIDDEN_FEATURES, NUM_CLASSES)
 
 
@@ -117,7 +117,7 @@ def kron_config(factors: int, rank: int, tied: bool, output: str, *, order: int)
             f"A tied {factors}-factor input-hidden layer needs equal factor shapes, but "
             f"784 -> 625 splits into {shapes}; only 2 factors (25x28 twice) can be tied."
         )
-    hidden = LayerSpec(INPUT_FEATURES, HIDDEN_FEATURES, shapes, rank=rank, tied=tied)
+    hidden = LayerSpec.kron(INPUT_FEATURES, HIDDEN_FEATURES, shapes, rank=rank, tied=tied)
     out = _output_layer(output)
     text = f"input-hidden = {hidden.describe()}, hidden-output = {out.describe()}"
     return MLPSpec(
@@ -132,7 +132,7 @@ def kron_config(factors: int, rank: int, tied: bool, output: str, *, order: int)
 
 def lowrank_config(rank: int, output: str, *, order: int) -> MLPSpec:
     """The MLP with a rank-``rank`` low-rank input-hidden layer, e.g. ``lowrank-r1-kronout``."""
-    hidden = LayerSpec(INPUT_FEATURES, HIDDEN_FEATURES, lowrank=rank)
+    hidden = LayerSpec.lowrank(INPUT_FEATURES, HIDDEN_FEATURES, rank)
     out = _output_layer(output)
     return MLPSpec(
         f"lowrank-r{rank}-{output}out",

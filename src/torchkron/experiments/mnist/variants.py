@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from torchkron.experiments.common.errors import UserError
-from torchkron.functional import dense_flops, executed_flops
-from torchkron.layers import KronLinear, LowRankLinear
+from torchkron.experiments.common.layers import DENSE, LinearSpec
 
 __all__ = [
     "INPUT_FEATURES",
@@ -38,61 +38,102 @@ NUM_CLASSES = 10
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One fully connected layer: dense, Kronecker with the given factor shapes, or
-    low-rank ``W = U V^T`` (``lowrank`` = its rank, with ``shapes=None``)."""
+    """One fully connected layer of the MLP: its sizes and its structure.
+
+    The structure is the harness's one :class:`LinearSpec`; the MNIST study uses dense,
+    Kronecker with explicit factor shapes, and low-rank ``W = U V^T`` layers.
+    """
 
     in_features: int
     out_features: int
-    shapes: tuple[tuple[int, int], ...] | None = None  # None: dense nn.Linear
-    rank: int = 1
-    tied: bool = False
-    lowrank: int = 0  # > 0: a LowRankLinear of this rank (a baseline, not Kronecker)
+    linear: LinearSpec = DENSE
+
+    @classmethod
+    def kron(
+        cls,
+        in_features: int,
+        out_features: int,
+        shapes: Sequence[tuple[int, int]],
+        *,
+        rank: int = 1,
+        tied: bool = False,
+    ) -> LayerSpec:
+        """A Kronecker layer with these factor shapes ``((out_i, in_i), ...)``."""
+        linear = LinearSpec("kron", rank=rank, tied=tied, shapes=tuple(shapes))
+        return cls(in_features, out_features, linear)
+
+    @classmethod
+    def lowrank(cls, in_features: int, out_features: int, rank: int) -> LayerSpec:
+        """A low-rank ``U V^T`` layer of this inner dimension (a baseline, not Kronecker)."""
+        return cls(in_features, out_features, LinearSpec("lowrank", rank=rank))
 
     def build(self) -> nn.Module:
-        if self.lowrank:
-            return LowRankLinear(self.in_features, self.out_features, self.lowrank)
-        if self.shapes is None:
-            return nn.Linear(self.in_features, self.out_features)
-        return KronLinear(
-            self.in_features,
-            self.out_features,
-            shapes=list(self.shapes),
-            rank=self.rank,
-            tied=self.tied,
-        )
+        return self.linear.build(self.in_features, self.out_features)
 
     def flops(self) -> int:
         """Forward FLOPs per sample (bias excluded)."""
-        if self.lowrank:
-            return 2 * self.lowrank * (self.in_features + self.out_features)
-        if self.shapes is None:
-            return dense_flops(self.in_features, self.out_features)
-        outs, ins = zip(*self.shapes, strict=True)
-        return executed_flops(outs, ins, self.rank)
+        return self.linear.flops(self.in_features, self.out_features)
 
     def weights(self) -> int:
         """Weight count, biases excluded (a tied factor counted once)."""
-        if self.lowrank:
-            return self.lowrank * (self.in_features + self.out_features)
-        if self.shapes is None:
-            return self.in_features * self.out_features
-        sizes = [o * n for o, n in self.shapes]
-        return self.rank * (sizes[0] if self.tied else sum(sizes))
+        return self.linear.weights(self.in_features, self.out_features)
 
     def describe(self) -> str:
-        if self.lowrank:
-            r = self.lowrank
+        linear = self.linear
+        if linear.kind == "lowrank":
+            r = linear.rank
             return f"low-rank U V^T ({self.out_features}x{r}, {self.in_features}x{r})"
-        if self.shapes is None:
+        if linear.kind == "dense":
             return f"dense {self.in_features}x{self.out_features}"
+        shapes = linear.kron_shapes(self.in_features, self.out_features)
         names = ["U", "V", "S", "T"]
-        if self.tied:
-            letters = " (x) ".join(["U"] * len(self.shapes))
+        if linear.tied:
+            letters = " (x) ".join(["U"] * len(shapes))
         else:
-            letters = " (x) ".join(names[i] if i < 4 else f"F{i}" for i in range(len(self.shapes)))
-        sizes = ", ".join(f"{o}x{n}" for o, n in self.shapes)
-        rank = f", rank {self.rank}" if self.rank > 1 else ""
+            letters = " (x) ".join(names[i] if i < 4 else f"F{i}" for i in range(len(shapes)))
+        sizes = ", ".join(f"{o}x{n}" for o, n in shapes)
+        rank = f", rank {linear.rank}" if linear.rank > 1 else ""
         return f"{letters} ({sizes}{rank})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """As run files store a layer: sizes, Kronecker ``shapes`` (None: not Kronecker),
+        Kronecker ``rank`` and ``tied``, and ``lowrank`` (its rank) for low-rank layers only,
+        so that files written before low-rank layers existed keep matching."""
+        linear = self.linear
+        if linear.kind == "monarch":
+            raise UserError(
+                "MNIST run files store dense, Kronecker and low-rank layers only; a Monarch "
+                "layer has no place in them."
+            )
+        kron = linear.kind == "kron"
+        shapes = linear.kron_shapes(self.in_features, self.out_features) if kron else None
+        data: dict[str, Any] = {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "shapes": None if shapes is None else [list(s) for s in shapes],
+            "rank": linear.rank if kron else 1,
+            "tied": linear.tied if kron else False,
+        }
+        if linear.kind == "lowrank":
+            data["lowrank"] = linear.rank
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> LayerSpec:
+        """The layer a run file's ``spec.hidden`` / ``spec.output`` describes."""
+        in_f, out_f = int(data["in_features"]), int(data["out_features"])
+        if data.get("lowrank"):
+            return cls.lowrank(in_f, out_f, int(data["lowrank"]))
+        shapes = data.get("shapes")
+        if shapes is None:
+            return cls(in_f, out_f)
+        return cls.kron(
+            in_f,
+            out_f,
+            [(int(o), int(n)) for o, n in shapes],
+            rank=int(data.get("rank", 1)),
+            tied=bool(data.get("tied", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -114,18 +155,33 @@ class MLPSpec:
         """Rough seconds per MNIST epoch on one 2020s x86 core: a fixed per-step overhead
         plus the matmul work (fitted to the reproduction's measured epochs; used only to
         order runs and to weigh the ETA)."""
-        kron_layers = sum(layer.shapes is not None for layer in (self.hidden, self.output))
+        kron_layers = sum(layer.linear.kind == "kron" for layer in (self.hidden, self.output))
         flops = self.hidden.flops() + self.output.flops()
         return 0.3 + 3.0e-6 * flops + 0.1 * kron_layers
 
     def to_dict(self) -> dict[str, Any]:
         """As stored in run files (JSON types: tuples become lists)."""
-        converted: dict[str, Any] = json.loads(json.dumps(asdict(self)))
-        for layer in ("hidden", "output"):
-            # Only low-rank layers store the key, so earlier run files keep matching.
-            if not converted[layer].get("lowrank"):
-                converted[layer].pop("lowrank", None)
-        return converted
+        return {
+            "name": self.name,
+            "description": self.description,
+            "hidden": self.hidden.to_dict(),
+            "output": self.output.to_dict(),
+            "family": self.family,
+            "order": self.order,
+            "extra": json.loads(json.dumps(self.extra)),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> MLPSpec:
+        """The spec a run file (or a checkpoint) stores; ``extra`` is not restored."""
+        return cls(
+            str(data["name"]),
+            str(data.get("description", "")),
+            LayerSpec.from_dict(data["hidden"]),
+            LayerSpec.from_dict(data["output"]),
+            family=str(data.get("family", "custom")),
+            order=int(data.get("order", 1000)),
+        )
 
 
 class MLP(nn.Module):
@@ -151,8 +207,8 @@ _DENSE_OUT = LayerSpec(HIDDEN_FEATURES, NUM_CLASSES)
 
 
 def _seed_variant(name: str, description: str, tied: bool, out_kron: bool, order: int) -> MLPSpec:
-    hidden = LayerSpec(INPUT_FEATURES, HIDDEN_FEATURES, _IN_KRON, tied=tied)
-    output = LayerSpec(HIDDEN_FEATURES, NUM_CLASSES, _OUT_KRON) if out_kron else _DENSE_OUT
+    hidden = LayerSpec.kron(INPUT_FEATURES, HIDDEN_FEATURES, _IN_KRON, tied=tied)
+    output = LayerSpec.kron(HIDDEN_FEATURES, NUM_CLASSES, _OUT_KRON) if out_kron else _DENSE_OUT
     return MLPSpec(name, description, hidden, output, family="seed", order=order)
 
 
