@@ -44,6 +44,15 @@ def lycoris_state(**kw: object) -> tuple[nn.Module, dict[str, torch.Tensor]]:
 X = torch.randn(5, 48)
 
 
+def lycoris_model(sd: dict[str, torch.Tensor]) -> nn.Module:
+    """A base model with ``sd`` loaded through LyCORIS's own loader."""
+    model = base()
+    net, _ = create_lycoris_from_weights(1.0, "", model, weights_sd=sd)
+    net.apply_to()
+    net.load_state_dict(sd)
+    return model
+
+
 @pytest.mark.parametrize(
     "kw",
     [
@@ -63,13 +72,10 @@ def test_lycoris_file_loads_into_peft_with_equal_outputs(kw):
     with torch.no_grad():
         torch.testing.assert_close(pm(X), expected, rtol=1e-5, atol=1e-5)
     # ... and back: PEFT -> LyCORIS through LyCORIS's own loader.
-    back = peft_to_lycoris(pm)
-    model2 = base()
-    net, _ = create_lycoris_from_weights(1.0, "", model2, weights_sd=back)
-    net.apply_to()
-    net.load_state_dict(back)
     with torch.no_grad():
-        torch.testing.assert_close(model2(X), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            lycoris_model(peft_to_lycoris(pm))(X), expected, rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize(
@@ -85,12 +91,8 @@ def test_peft_adapter_converts_to_lycoris_and_back(kw):
         expected = pm(X)
     sd = peft_to_lycoris(pm)
     assert "lycoris_2_0.alpha" in sd
-    model = base()
-    net, _ = create_lycoris_from_weights(1.0, "", model, weights_sd=sd)
-    net.apply_to()
-    net.load_state_dict(sd)
     with torch.no_grad():
-        torch.testing.assert_close(model(X), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lycoris_model(sd)(X), expected, rtol=1e-5, atol=1e-5)
         config, _ = lycoris_to_peft(base(), sd)
         assert config.decompose_both == kw.get("decompose_both", False)
         torch.testing.assert_close(load_lycoris(base(), sd)(X), expected, rtol=1e-5, atol=1e-5)

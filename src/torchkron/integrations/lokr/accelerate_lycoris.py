@@ -15,8 +15,7 @@ import torch
 from lycoris.modules.lokr import LokrModule as _LokrModule
 from torch import Tensor, nn
 
-from torchkron.functional import IMPLS
-from torchkron.integrations.lokr.delta import Acceleration, lokr_delta
+from torchkron.integrations.lokr.delta import Acceleration, check_impl, lokr_delta
 
 __all__ = ["FactoredLokrModule", "accelerate", "restore"]
 
@@ -109,10 +108,7 @@ def accelerate(network: nn.Module, *, impl: str = "bmm") -> Acceleration:
     Raises:
         ValueError: no LoKr module in ``network``, or ``impl`` is unknown.
     """
-    if impl not in IMPLS:
-        raise ValueError(
-            f"accelerate: unknown impl {impl!r}; choose one of {', '.join(map(repr, IMPLS))}."
-        )
+    check_impl(impl)
     if not callable(getattr(_LokrModule, "_rebuild_forward", None)):
         raise RuntimeError(
             "accelerate: this lycoris-lora has no LokrModule._rebuild_forward, the method "

@@ -18,8 +18,7 @@ from peft.tuners.lokr.layer import Linear as _LoKrLinear
 from peft.tuners.lokr.layer import LoKrLayer as _LoKrLayer
 from torch import Tensor, nn
 
-from torchkron.functional import IMPLS
-from torchkron.integrations.lokr.delta import Acceleration, lokr_delta
+from torchkron.integrations.lokr.delta import Acceleration, check_impl, lokr_delta
 
 __all__ = ["FactoredLoKrLinear", "accelerate", "restore"]
 
@@ -99,10 +98,7 @@ def accelerate(model: nn.Module, *, impl: str = "bmm") -> Acceleration:
     Raises:
         ValueError: ``model`` holds no PEFT LoKr layer, or ``impl`` is unknown.
     """
-    if impl not in IMPLS:
-        raise ValueError(
-            f"accelerate: unknown impl {impl!r}; choose one of {', '.join(map(repr, IMPLS))}."
-        )
+    check_impl(impl)
     if not callable(getattr(_LoKrLinear, "_get_delta_activations", None)):
         raise RuntimeError(
             "accelerate: this PEFT's LoKr Linear has no _get_delta_activations, the method "

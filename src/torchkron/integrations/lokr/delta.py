@@ -8,9 +8,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from torchkron.functional import kron_linear
+from torchkron.functional import IMPLS, kron_linear
 
-__all__ = ["Acceleration", "lokr_delta"]
+__all__ = ["Acceleration", "check_impl", "lokr_delta"]
+
+
+def check_impl(impl: str) -> None:
+    """Raise ValueError naming the choices unless ``impl`` is a ``kron_linear`` impl."""
+    if impl not in IMPLS:
+        raise ValueError(
+            f"accelerate: unknown impl {impl!r}; choose one of {', '.join(map(repr, IMPLS))}."
+        )
 
 
 def lokr_delta(
