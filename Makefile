@@ -6,8 +6,9 @@ PYTHON        ?= python3
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
 VENV          ?= .venv
-# hf: transformers, peft, safetensors for the integration tests (tests/integrations).
-EXTRAS        ?= experiments,dev,hf
+# hf: transformers, peft, safetensors for the integration tests (tests/integrations);
+# lycoris: lycoris-lora for the LyCORIS LoKr integration and its tests.
+EXTRAS        ?= experiments,dev,hf,lycoris
 DATA_DIR      ?= $(if $(wildcard ../shared/data/mnist),../shared/data/mnist,)
 # Optional contender/back end, installed without its declared torchvision dependency
 # (it imports and runs without it); empty to skip.

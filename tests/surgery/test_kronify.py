@@ -522,7 +522,8 @@ def test_import_torchkron_imports_no_optional_package():
 
     code = (
         "import sys, torchkron; "
-        "print([m for m in ('transformers', 'peft', 'safetensors') if m in sys.modules])"
+        "print([m for m in ('transformers', 'peft', 'safetensors', 'lycoris', 'einops') "
+        "if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

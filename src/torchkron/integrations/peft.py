@@ -125,3 +125,34 @@ def get_peft_model(model: nn.Module, config: Any, **kwargs: Any) -> Any:
     if isinstance(config.target_modules, str) and config.target_modules.lower() == "all-linear":
         config.target_modules = set(target_modules(model))
     return peft.get_peft_model(model, config, **kwargs)
+
+
+# LoKr adapters computed factored (issue 19): the code lives in torchkron.integrations.lokr.
+def accelerate(model: nn.Module, *, impl: str = "bmm") -> Any:
+    """Make every PEFT LoKr ``Linear`` layer of ``model`` apply its delta
+    ``scale * kron(w1, w2)`` as a factored product, never building the weight; returns an
+    :class:`~torchkron.integrations.lokr.Acceleration` (accelerated and skipped names).
+    See :func:`torchkron.integrations.lokr.accelerate_peft.accelerate`.
+
+    Examples:
+        >>> from peft import LoKrConfig
+        >>> model = nn.Sequential(nn.Linear(64, 64))
+        >>> pm = peft.get_peft_model(model, LoKrConfig(r=4, target_modules=["0"]))
+        >>> accelerate(pm).accelerated
+        ('base_model.model.0',)
+        >>> restore(pm)
+        ['base_model.model.0']
+    """
+    from torchkron.integrations.lokr import accelerate_peft
+
+    return accelerate_peft.accelerate(model, impl=impl)
+
+
+def restore(model: nn.Module) -> list[str]:
+    """Undo :func:`accelerate`; returns the names of the layers restored."""
+    from torchkron.integrations.lokr import accelerate_peft
+
+    return accelerate_peft.restore(model)
+
+
+__all__ += ["accelerate", "restore"]
