@@ -15,6 +15,7 @@ from torchkron.factorization._nearest import check_finite as check_finite
 from torchkron.factorization._nearest import kronecker_approximation as kronecker_approximation
 from torchkron.factorization._nearest import nearest_kronecker as nearest_kronecker
 from torchkron.factorization._nearest import relative_error as relative_error
+from torchkron.factorization._shapes import MAX_SIZE as MAX_SIZE
 from torchkron.factorization._shapes import FactorShapes as FactorShapes
 from torchkron.factorization._shapes import RankClippedWarning as RankClippedWarning
 from torchkron.factorization._shapes import check_positive_int as check_positive_int
@@ -37,6 +38,7 @@ from torchkron.factorization.budget import rank_errors as rank_errors
 from torchkron.factorization.budget import ranks_for_error as ranks_for_error
 
 __all__ = [
+    "MAX_SIZE",
     "FactorShapes",
     "LayerBudget",
     "RankClippedWarning",

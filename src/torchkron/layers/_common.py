@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-__all__ = ["add_bias", "check_args", "check_input", "extra_repr", "init_bias"]
+__all__ = ["add_bias", "check_args", "check_dtype", "check_input", "extra_repr", "init_bias"]
 
 
 def add_bias(module: nn.Module, bias: bool, out_features: int, kw: dict[str, Any]) -> None:
@@ -34,7 +34,21 @@ def check_args(cls: str, in_features: int, out_features: int, name: str, value: 
         raise ValueError(f"{cls}: {name} must be an int >= 1, got {value!r}.")
 
 
+def check_dtype(cls: str, dtype: torch.dtype | None) -> None:
+    """Refuse complex dtypes: the layers' hand-written backward passes transpose without
+    conjugating, so their gradients would be wrong."""
+    if isinstance(dtype, torch.dtype) and dtype.is_complex:
+        raise TypeError(
+            f"{cls}: complex dtypes are not supported (got {dtype}): the hand-written "
+            f"backward passes transpose without conjugating, so gradients would be wrong. "
+            f"Use a real dtype (float32, float64, bfloat16, float16); for complex maps, keep "
+            f"the real and imaginary parts in two real layers."
+        )
+
+
 def check_input(cls: str, x: Tensor, in_features: int) -> None:
+    if x.is_complex():
+        check_dtype(cls, x.dtype)
     if x.dim() == 0 or x.shape[-1] != in_features:
         raise ValueError(
             f"{cls}: expected input of shape (*, {in_features}), got {tuple(x.shape)}; "

@@ -14,7 +14,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchkron.layers._common import add_bias, check_args, check_input, extra_repr, init_bias
+from torchkron.layers._common import (
+    add_bias,
+    check_args,
+    check_dtype,
+    check_input,
+    extra_repr,
+    init_bias,
+)
 
 __all__ = ["LowRankLinear"]
 
@@ -66,6 +73,7 @@ class LowRankLinear(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        check_dtype("LowRankLinear", dtype)
         check_args("LowRankLinear", in_features, out_features, "rank", rank)
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         kw: dict[str, Any] = {"device": device, "dtype": dtype}

@@ -15,7 +15,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchkron.layers._common import add_bias, check_args, check_input, extra_repr, init_bias
+from torchkron.layers._common import (
+    add_bias,
+    check_args,
+    check_dtype,
+    check_input,
+    extra_repr,
+    init_bias,
+)
 
 __all__ = ["MonarchLinear"]
 
@@ -72,6 +79,7 @@ class MonarchLinear(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        check_dtype("MonarchLinear", dtype)
         check_args("MonarchLinear", in_features, out_features, "nblocks", nblocks)
         mid = min(in_features, out_features)
         for name, size in (("in_features", in_features), ("out_features", out_features)):
