@@ -84,9 +84,7 @@ def _resolve_class(model_class: Any, config: Any) -> type[Any]:
     return resolved
 
 
-def from_pretrained(
-    path: str | os.PathLike[str], model_class: Any = None, **kwargs: Any
-) -> nn.Module:
+def from_pretrained(path: str | os.PathLike[str], model_class: Any = None, **kwargs: Any) -> Any:
     """Load a model saved by ``save_pretrained``, kronified or not.
 
     Args:

@@ -101,7 +101,8 @@ def _guide_unregistered(create: Any) -> Any:
             return create(lora_config, adapter_name, target, **kwargs)
         except ValueError as exc:
             base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-            if not isinstance(base, KronLinear):
+            registered = KronLinear in (getattr(lora_config, "_custom_modules", None) or {})
+            if registered or not isinstance(base, KronLinear):
                 raise
             raise ValueError(
                 "KronLinear is not supported by PEFT's LoRA unless registered on the config: "

@@ -35,14 +35,15 @@ def check_args(cls: str, in_features: int, out_features: int, name: str, value: 
 
 
 def check_dtype(cls: str, dtype: torch.dtype | None) -> None:
-    """Refuse complex dtypes: the layers' hand-written backward passes transpose without
-    conjugating, so their gradients would be wrong."""
+    """Refuse complex dtypes: KronLinear's hand-written backward passes transpose without
+    conjugating (wrong gradients), and the other layers, its baselines, stay real too."""
     if isinstance(dtype, torch.dtype) and dtype.is_complex:
         raise TypeError(
-            f"{cls}: complex dtypes are not supported (got {dtype}): the hand-written "
-            f"backward passes transpose without conjugating, so gradients would be wrong. "
-            f"Use a real dtype (float32, float64, bfloat16, float16); for complex maps, keep "
-            f"the real and imaginary parts in two real layers."
+            f"{cls}: complex dtypes are not supported (got {dtype}): torchkron's layers are "
+            f"real-valued (KronLinear's hand-written backward passes transpose without "
+            f"conjugating, so complex gradients would be wrong). Use a real dtype (float32, "
+            f"float64, bfloat16, float16); for a complex map, keep the real and imaginary "
+            f"parts in two real layers."
         )
 
 

@@ -8,6 +8,7 @@ import math
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
+from types import FrameType
 from typing import Any
 
 import torch
@@ -79,7 +80,7 @@ def _check_storage(rank: int, shapes: Sequence[tuple[int, int]], dtype: torch.dt
 def _strict_load() -> bool:
     """The ``strict`` of the ``Module.load_state_dict`` call being run: torch passes
     ``strict=True`` to every ``_load_from_state_dict`` and applies strictness after."""
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     code = nn.Module.load_state_dict.__code__
     while frame is not None:
         if frame.f_code is code:

@@ -140,7 +140,7 @@ def kronify(
             compression=compression,
             max_rank=max_rank,
         )
-        return holder[0], report
+        return next(iter(holder.children())), report
     check_spec("rank", rank)
     check_spec("num_factors", num_factors)
     check_shared(shared)

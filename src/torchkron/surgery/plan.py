@@ -158,14 +158,15 @@ def sync_config(model: nn.Module) -> None:
     :func:`kronify`, :func:`apply_plan` and :func:`merge` call it after every change of
     structure; a model without a transformers config is left alone. A model whose output
     embedding is a ``KronLinear`` gets a ``resize_token_embeddings`` that refuses before
-    changing anything (HF resizes the input embeddings first, then fails on the head). The model first gets
-    its own copy of the config: the one it was built from is the caller's, and a dense
-    model built from it later must not inherit the plan. The config is recognised by its
-    class's module name, so torchkron never imports transformers.
+    changing anything (HF resizes the input embeddings first, then fails on the head).
+    The model first gets its own copy of the config: the one it was built from is the
+    caller's, and a dense model built from it later must not inherit the plan. The config
+    is recognised by its class's module name, so torchkron never imports transformers.
     """
     if isinstance(output_embeddings(model), KronLinear):
         # Set as an instance attribute (types.MethodType: deepcopy rebinds it).
-        model.resize_token_embeddings = types.MethodType(_resize_token_embeddings, model)
+        guard = types.MethodType(_resize_token_embeddings, model)
+        object.__setattr__(model, "resize_token_embeddings", guard)
     config = getattr(model, "config", None)
     if config is None or not _is_hf_config(config):
         return
