@@ -81,7 +81,8 @@ def test_from_pretrained_lists_missing_factor_tensors(tmp_path):
     with pytest.raises(
         ValueError,
         match=r"lacks 2 tensor\(s\) of its Kronecker layers: "
-        r"transformer\.h\.0\.attn\.c_attn\.bias, transformer\.h\.1\.mlp\.c_fc\.factor_0; they would be left uninitialised",
+        r"transformer\.h\.0\.attn\.c_attn\.bias, transformer\.h\.1\.mlp\.c_fc\.factor_0; "
+        r"they would be left uninitialised",
     ):
         hf.from_pretrained(tmp_path)
 
