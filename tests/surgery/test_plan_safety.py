@@ -129,6 +129,7 @@ def test_every_named_module_is_checked_before_anything_changes(tmp_path, edit, m
     assert unchanged(base)
 
 
+@pytest.mark.filterwarnings("ignore:KronLinear. rank=1000000000 is above:UserWarning")
 def test_a_huge_rank_is_refused_before_allocating(tmp_path, monkeypatch):
     pytest.importorskip("safetensors")
     real_empty = torch.empty
