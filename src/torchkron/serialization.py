@@ -16,7 +16,7 @@ from torch import nn
 
 from torchkron.surgery import PLAN_FORMAT, apply_plan, kronify_plan
 
-__all__ = ["load", "read_plan", "save"]
+__all__ = ["load", "read_plan", "save", "stored_shapes"]
 
 _PLAN_KEY = "torchkron_plan"
 
@@ -26,8 +26,8 @@ def _safetensors() -> Any:
         import safetensors.torch
     except ImportError:
         raise ImportError(
-            "torchkron.save/load need safetensors: pip install 'torchkron[hf]' "
-            "(or pip install safetensors)."
+            "torchkron.save/load need safetensors: pip install safetensors (or, in a clone "
+            "of the torchkron repository, pip install -e '.[hf]')."
         ) from None
     return safetensors.torch
 
@@ -71,13 +71,29 @@ def read_plan(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"not written by torchkron.save (for a plain state_dict use "
             f"safetensors.torch.load_model)."
         )
-    plan: dict[str, Any] = json.loads(meta[_PLAN_KEY])
-    if plan.get("format") != PLAN_FORMAT:
+    try:
+        plan = json.loads(meta[_PLAN_KEY])
+    except (ValueError, RecursionError) as exc:
         raise ValueError(
-            f"torchkron.load: plan format {plan.get('format')!r} in {os.fspath(path)} is not "
+            f"torchkron.load: the plan in {os.fspath(path)} is not valid JSON ({exc}); the "
+            f"file is damaged or was not written by torchkron.save."
+        ) from None
+    if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
+        got = plan.get("format") if isinstance(plan, dict) else type(plan).__name__
+        raise ValueError(
+            f"torchkron.load: plan format {got!r} in {os.fspath(path)} is not "
             f"{PLAN_FORMAT!r}; it was written by another torchkron version."
         )
     return plan
+
+
+def stored_shapes(path: str | os.PathLike[str]) -> dict[str, list[int]]:
+    """``{tensor name: shape}`` of a safetensors file, read from its header only."""
+    _safetensors()
+    from safetensors import safe_open
+
+    with safe_open(os.fspath(path), framework="pt") as f:
+        return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
 
 
 def load(path: str | os.PathLike[str], base_model: nn.Module, *, strict: bool = True) -> nn.Module:
@@ -85,7 +101,8 @@ def load(path: str | os.PathLike[str], base_model: nn.Module, *, strict: bool = 
 
     The stored plan is applied to ``base_model`` (its layers are replaced by
     ``KronLinear`` of the saved shapes and ranks, reused modules shared again), then
-    the weights are loaded.
+    the weights are loaded. The plan is checked against ``base_model`` and against the
+    file's tensor shapes before anything is allocated (see :func:`torchkron.apply_plan`).
 
     Args:
         path: a file written by :func:`save`.
@@ -98,7 +115,7 @@ def load(path: str | os.PathLike[str], base_model: nn.Module, *, strict: bool = 
     """
     st = _safetensors()
     plan = read_plan(path)
-    apply_plan(base_model, plan)
+    apply_plan(base_model, plan, stored_shapes=stored_shapes(path))
     missing, unexpected = st.load_model(base_model, os.fspath(path), strict=strict)
     del missing, unexpected
     return base_model

@@ -38,7 +38,7 @@ DEVICE = torch.device("cuda" if ON_CUDA else "cpu")
 def _kernels_runnable() -> str | None:
     """Why the kernels cannot run in this process, or None."""
     if not HAS_TRITON:
-        return "needs triton (pip install 'torchkron[triton]')"
+        return "needs triton (pip install triton)"
     if ON_CUDA:
         return None
     if os.environ.get("TRITON_INTERPRET") != "1":
@@ -284,7 +284,8 @@ def test_triton_missing_is_a_runtime_error(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     a, b = torch.randn(1, 2, 3), torch.randn(1, 4, 5)
     expected = (
-        "kron_linear_triton: triton is not installed; pip install 'torchkron[triton]' or "
+        "kron_linear_triton: triton is not installed; pip install triton (or pip install -e "
+        "'.[triton]' in a clone of the torchkron repository) or "
         "use impl='bmm' (or 'auto') instead."
     )
     with pytest.raises(RuntimeError, match=re.escape(expected)):

@@ -89,3 +89,47 @@ def test_adapter_save_and_reload(tmp_path):
     again = PeftModel.from_pretrained(base, tmp_path / "adapter", config=config).eval()
     with torch.no_grad():
         assert torch.equal(again(**inputs("bert")).logits, expected)
+
+
+@pytest.mark.parametrize("init", ["pissa", "pissa_niter_4", "olora", "corda", "loftq", "lora_ga"])
+def test_inits_that_rewrite_the_base_weight_are_refused_on_a_kronlinear(init):
+    model, _ = kronify(build("bert"), rank=2)
+    config = LoraConfig(r=4, target_modules=["query"])
+    config.init_lora_weights = init  # set after __post_init__: corda/loftq need extra configs
+    with pytest.raises(
+        ValueError,
+        match=rf"KronLoraLinear: init_lora_weights='{init}' writes a residual into the base "
+        r"layer's weight, but a KronLinear's weight is rebuilt from its factors on every access",
+    ):
+        tkpeft.get_peft_model(model, config)
+
+
+def test_inits_that_keep_the_base_weight_match_the_base_at_init():
+    model, _ = kronify(build("bert"), rank=2)
+    with torch.no_grad():
+        expected = output(model, "bert")
+    for init in ("eva", "orthogonal"):
+        pm = tkpeft.get_peft_model(
+            kronify(build("bert"), rank=2)[0], LoraConfig(r=4, target_modules=["query"],
+                                                          init_lora_weights=init)
+        )  # fmt: skip
+        with torch.no_grad():
+            torch.testing.assert_close(output(pm.eval(), "bert"), expected)
+
+
+def test_reloading_an_adapter_without_register_names_register(tmp_path):
+    import peft
+
+    model, _ = kronify(build("bert"), rank=2)
+    message = (
+        r"KronLinear is not supported by PEFT's LoRA unless registered on the config: use "
+        r"torchkron\.integrations\.peft\.get_peft_model\(model, config\), or "
+        r"torchkron\.integrations\.peft\.register\(config\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        peft.get_peft_model(model, LoraConfig(r=4, target_modules=["query"]))
+    model, _ = kronify(build("bert"), rank=2)
+    pm = tkpeft.get_peft_model(model, LoraConfig(r=4, target_modules=["query"]))
+    pm.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        PeftModel.from_pretrained(kronify(build("bert"), rank=2)[0], tmp_path)

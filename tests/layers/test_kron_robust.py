@@ -434,3 +434,41 @@ def test_relative_error_matches_the_dense_reference_for_k3():
     assert relative_error(w, factors) == pytest.approx(float(ref), rel=1e-12)
     with pytest.raises(ValueError, match=r"svd must be 'auto', 'full' or 'randomized', got 'x'"):
         nearest_kronecker(w, [(3, 4), (4, 3)], svd="x")  # type: ignore[arg-type]
+
+
+def test_load_state_dict_strict_false_lists_a_dense_checkpoint_and_keeps_the_factors():
+    torch.manual_seed(0)
+    layer = KronLinear(16, 16)
+    factors = [f.detach().clone() for f in layer.factors]
+    dense = nn.Linear(16, 16)
+    result = layer.load_state_dict(dense.state_dict(), strict=False)
+    assert result.missing_keys == ["factor_0", "factor_1"]
+    assert result.unexpected_keys == ["weight"]
+    assert all(torch.equal(a, b) for a, b in zip(factors, layer.factors, strict=True))
+    assert torch.equal(layer.bias, dense.bias)  # what matches loads, as torch does
+    model = nn.Sequential(KronLinear(16, 16))
+    result = model.load_state_dict(nn.Sequential(dense).state_dict(), strict=False)
+    assert result.unexpected_keys == ["0.weight"]
+    with pytest.raises(RuntimeError, match=r"KronLinear '0': the checkpoint holds a dense weight"):
+        model.load_state_dict(nn.Sequential(dense).state_dict())
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_dtypes_are_refused_at_construction(dtype):
+    from torchkron import LowRankLinear, MonarchLinear
+
+    for cls, kwargs in (
+        (KronLinear, {}),
+        (LowRankLinear, {"rank": 2}),
+        (MonarchLinear, {"nblocks": 4}),
+    ):
+        with pytest.raises(
+            TypeError,
+            match=rf"{cls.__name__}: complex dtypes are not supported \(got {dtype}\): "
+            r"torchkron's layers are real-valued \(KronLinear's hand-written backward passes "
+            r"transpose without conjugating",
+        ):
+            cls(16, 16, dtype=dtype, **kwargs)
+    layer = KronLinear(16, 16)
+    with pytest.raises(TypeError, match=r"KronLinear: complex dtypes are not supported"):
+        layer(torch.randn(2, 16, dtype=dtype))

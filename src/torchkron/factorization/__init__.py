@@ -18,6 +18,7 @@ from torchkron.factorization._nearest import SvdMethod as SvdMethod
 from torchkron.factorization._nearest import check_finite as check_finite
 from torchkron.factorization._nearest import kronecker_approximation as kronecker_approximation
 from torchkron.factorization._nearest import relative_error as relative_error
+from torchkron.factorization._shapes import MAX_SIZE as MAX_SIZE
 from torchkron.factorization._shapes import FactorShapes as FactorShapes
 from torchkron.factorization._shapes import RankClippedWarning as RankClippedWarning
 from torchkron.factorization._shapes import check_positive_int as check_positive_int
@@ -53,6 +54,7 @@ from torchkron.factorization.permutation import permute_hidden as permute_hidden
 
 __all__ = [
     "DEFAULT_DAMPING",
+    "MAX_SIZE",
     "FactorShapes",
     "LayerBudget",
     "RankClippedWarning",

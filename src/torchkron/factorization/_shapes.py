@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 __all__ = [
+    "MAX_SIZE",
     "FactorShapes",
     "RankClippedWarning",
     "check_positive_int",
@@ -67,30 +68,90 @@ def check_positive_int(value: object, name: str, caller: str) -> int:
     return int(number)
 
 
+MAX_SIZE = 2**63 - 1
+"""The largest size a tensor dimension can have (int64 indexing): the largest size
+:func:`prime_factors` (and so every shape helper) factors."""
+
+
 def prime_factors(n: int) -> list[int]:
-    """Prime factors of ``n >= 1`` with multiplicity, ascending (``[]`` for 1)."""
+    """Prime factors of ``n >= 1`` with multiplicity, ascending (``[]`` for 1).
+
+    Fast for every size up to :data:`MAX_SIZE` (Miller-Rabin and Pollard's rho beyond
+    small trial division), so a size read from an untrusted file cannot hang a caller.
+    """
     if n < 1:
         raise ValueError(f"prime_factors: n must be a positive integer, got {n}.")
+    if n > MAX_SIZE:
+        raise ValueError(
+            f"prime_factors: {n} is larger than any tensor dimension (at most 2**63 - 1); "
+            f"check the layer size."
+        )
     return list(_prime_factors(n))
+
+
+_SMALL_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
 
 
 @functools.lru_cache(maxsize=4096)
 def _prime_factors(n: int) -> tuple[int, ...]:
-    # Trial division by 2, then odd numbers: a 32-bit prime takes ~23k steps (cached,
-    # because planning and error messages factor the same sizes many times).
+    # Trial division by small numbers (every layer size in practice ends here), then
+    # Pollard's rho on what is left: trial division alone takes ~2**30 steps on
+    # 2**61 - 1. Cached, because planning and messages factor the same sizes often.
     out: list[int] = []
-    while n % 2 == 0:
-        out.append(2)
-        n //= 2
-    p = 3
-    while p * p <= n:
+    p = 2
+    while p < 1000 and p * p <= n:
         while n % p == 0:
             out.append(p)
             n //= p
-        p += 2
-    if n > 1:
-        out.append(n)
-    return tuple(out)
+        p += 1 if p == 2 else 2
+    stack = [n] if n > 1 else []
+    while stack:
+        m = stack.pop()
+        if _is_prime(m):
+            out.append(m)
+        else:
+            d = _rho(m)
+            stack += [d, m // d]
+    return tuple(sorted(out))
+
+
+def _is_prime(n: int) -> bool:
+    # Miller-Rabin with the first 12 prime bases: exact for every n < 3.3e24.
+    if n < 2:
+        return False
+    for p in _SMALL_PRIMES:
+        if n % p == 0:
+            return n == p
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d, s = d // 2, s + 1
+    for a in _SMALL_PRIMES:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def _rho(n: int) -> int:
+    """A nontrivial divisor of a composite ``n`` with no factor below 1000 (Pollard)."""
+    c = 1
+    while True:
+        x = y = 2
+        d = 1
+        while d == 1:
+            x = (x * x + c) % n
+            y = (y * y + c) % n
+            y = (y * y + c) % n
+            d = math.gcd(abs(x - y), n)
+        if d != n:
+            return d
+        c += 1
 
 
 def format_primes(n: int) -> str:
@@ -246,26 +307,26 @@ def check_shapes(
             (a float such as ``4.5`` or a string is refused, not truncated).
         ValueError: if a size is below 1 or the products do not match the layer.
     """
-    example = f"e.g. shapes={factor_example(in_features, out_features)}"
     raw: object = shapes  # callers pass anything; check it before trusting the annotation
     if isinstance(raw, (str, bytes)) or not isinstance(raw, Sequence):
         raise TypeError(
             f"{caller}: shapes must be a list of (out_i, in_i) pairs of ints, got "
-            f"{shapes!r} ({type(shapes).__name__}); {example}."
+            f"{shapes!r} ({type(shapes).__name__}); {_example(in_features, out_features)}."
         )
     clean: FactorShapes = []
     for i, entry in enumerate(shapes):
         if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 2:
             raise TypeError(
                 f"{caller}: shapes[{i}] = {entry!r} is not an (out_i, in_i) pair; shapes "
-                f"must be a list of pairs of ints, {example}."
+                f"must be a list of pairs of ints, {_example(in_features, out_features)}."
             )
         pair = []
         for size in entry:
             if isinstance(size, bool) or not _is_index(size):
                 raise TypeError(
                     f"{caller}: shapes[{i}] = {tuple(entry)!r} has a size {size!r} of type "
-                    f"{type(size).__name__}; factor sizes must be ints, {example}."
+                    f"{type(size).__name__}; factor sizes must be ints, "
+                    f"{_example(in_features, out_features)}."
                 )
             pair.append(operator.index(size))
         clean.append((pair[0], pair[1]))
@@ -292,6 +353,11 @@ def _is_index(value: object) -> bool:
     except TypeError:
         return False
     return True
+
+
+def _example(in_features: int, out_features: int) -> str:
+    # Built only for a message: valid shapes need no factoring of their sizes.
+    return f"e.g. shapes={factor_example(in_features, out_features)}"
 
 
 def factor_example(in_features: int, out_features: int) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 import transformers
 from torch import nn
 
+from torchkron.layers import KronLinear
 from torchkron.surgery import PLAN_ATTRIBUTE, apply_plan, sync_config
 
 __all__ = ["PLAN_ATTRIBUTE", "from_pretrained", "kron_model_class", "save_pretrained"]
@@ -54,6 +55,9 @@ def kron_model_class(model_class: type[Any]) -> type[Any]:
         model_class.__init__(self, config, *args, **kwargs)
         plan = getattr(config, PLAN_ATTRIBUTE, None)
         if plan:
+            # Checked against the model and bounded before allocating; transformers
+            # renames checkpoint keys for some families, so the tensors are checked
+            # after loading (from_pretrained below).
             apply_plan(self, plan)
 
     return type(
@@ -80,9 +84,7 @@ def _resolve_class(model_class: Any, config: Any) -> type[Any]:
     return resolved
 
 
-def from_pretrained(
-    path: str | os.PathLike[str], model_class: Any = None, **kwargs: Any
-) -> nn.Module:
+def from_pretrained(path: str | os.PathLike[str], model_class: Any = None, **kwargs: Any) -> Any:
     """Load a model saved by ``save_pretrained``, kronified or not.
 
     Args:
@@ -94,15 +96,35 @@ def from_pretrained(
     Returns:
         The model with its ``KronLinear`` layers and their saved factors; an un-kronified
         checkpoint loads as plain ``model_class.from_pretrained`` would.
+
+    Raises:
+        ValueError: the config's plan does not fit the model class (see
+            :func:`torchkron.apply_plan`), or the checkpoint lacks tensors of its
+            Kronecker layers (listed).
     """
     config = kwargs.pop("config", None)
     if config is None:
         config = transformers.AutoConfig.from_pretrained(path)
     cls = _resolve_class(model_class, config)
-    if getattr(config, PLAN_ATTRIBUTE, None):
-        cls = kron_model_class(cls)  # type: ignore[arg-type]
-    model: nn.Module = cls.from_pretrained(path, config=config, **kwargs)
-    return model
+    if not getattr(config, PLAN_ATTRIBUTE, None):
+        plain: nn.Module = cls.from_pretrained(path, config=config, **kwargs)
+        return plain
+    cls = kron_model_class(cls)  # type: ignore[arg-type]
+    want_info = kwargs.pop("output_loading_info", False)
+    model, info = cls.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+    kron_params = {
+        f"{name}.{p}" for name, m in model.named_modules() if isinstance(m, KronLinear)
+        for p, _ in m.named_parameters()
+    }  # fmt: skip
+    missing = sorted(k for k in info.get("missing_keys", ()) if k in kron_params)
+    if missing:
+        raise ValueError(
+            f"torchkron.integrations.hf.from_pretrained: {path} lacks {len(missing)} tensor(s) "
+            f"of its Kronecker layers: {', '.join(missing[:10])}"
+            f"{' ...' if len(missing) > 10 else ''}; they would be left uninitialised. The "
+            f"checkpoint is incomplete or does not belong to its config's torchkron_plan."
+        )
+    return (model, info) if want_info else model
 
 
 def save_pretrained(model: Any, path: str | os.PathLike[str], **kwargs: Any) -> None:

@@ -4,7 +4,9 @@ PEFT's built-in LoRA dispatch knows ``nn.Linear`` and HF ``Conv1D`` only, and it
 ``"all-linear"`` shorthand lists those types, so it neither targets nor finds
 ``KronLinear``. This module registers :class:`KronLoraLinear` through PEFT's custom-module
 hook (``LoraConfig._register_custom_module``) and expands ``"all-linear"`` to include
-``KronLinear`` layers.
+``KronLinear`` layers. Importing it also makes PEFT's error for an unregistered
+``KronLinear`` name :func:`register`, and LoRA inits that rewrite the base weight
+(PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA) are refused on a ``KronLinear`` base.
 
 The adapter adds ``B A x * scaling`` to the Kronecker layer's output. A low-rank delta has
 no exact Kronecker form, so ``merge_and_unload`` on a ``KronLinear`` base raises; call
@@ -27,6 +29,8 @@ from typing import Any
 
 import peft
 from peft.tuners.lora.layer import Linear as _LoraLinear
+from peft.tuners.lora.model import LoraModel
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from torchkron.layers import KronLinear
@@ -44,6 +48,18 @@ class KronLoraLinear(_LoraLinear):  # type: ignore[misc]
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any, **kwargs: Any):
         super().__init__(base_layer, adapter_name, config=config, **kwargs)
         self.fan_in_fan_out = False  # KronLinear computes x W^T like nn.Linear
+
+    def update_layer(self, adapter_name: str, r: int, *args: Any, **kwargs: Any) -> None:
+        init = getattr(kwargs.get("config"), "init_lora_weights", None)
+        if isinstance(self.get_base_layer(), KronLinear) and _rewrites_base(init):
+            raise ValueError(
+                f"KronLoraLinear: init_lora_weights={init!r} writes a residual into the base "
+                f"layer's weight, but a KronLinear's weight is rebuilt from its factors on every "
+                f"access, so the write would be lost and the adapted model would not match the "
+                f"base at init. Use init_lora_weights=True, 'gaussian', 'eva' or 'orthogonal', "
+                f"or call torchkron.merge(model) first (KronLinear -> nn.Linear)."
+            )
+        super().update_layer(adapter_name, r, *args, **kwargs)
 
     def _get_in_out_features(self, module: nn.Module) -> Any:
         if isinstance(module, KronLinear):
@@ -68,6 +84,40 @@ class KronLoraLinear(_LoraLinear):  # type: ignore[misc]
         if self.merged:
             self._refuse_kron("unmerge")
         super().unmerge()
+
+
+def _rewrites_base(init: object) -> bool:
+    # PEFT's inits that assign base_layer.weight.data (PiSSA, CorDA, OLoRA, LoftQ, LoRA-GA).
+    name = init.lower() if isinstance(init, str) else ""
+    return name.startswith(("pissa", "corda")) or name in ("olora", "loftq", "lora_ga")
+
+
+def _guide_unregistered(create: Any) -> Any:
+    """Wrap PEFT's LoRA dispatch: an unregistered ``KronLinear`` gets a message naming
+    :func:`register` instead of PEFT's bare "is not supported"."""
+
+    def create_new_module(lora_config: Any, adapter_name: str, target: Any, **kwargs: Any) -> Any:
+        try:
+            return create(lora_config, adapter_name, target, **kwargs)
+        except ValueError as exc:
+            base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+            registered = KronLinear in (getattr(lora_config, "_custom_modules", None) or {})
+            if registered or not isinstance(base, KronLinear):
+                raise
+            raise ValueError(
+                "KronLinear is not supported by PEFT's LoRA unless registered on the config: "
+                "use torchkron.integrations.peft.get_peft_model(model, config), or "
+                "torchkron.integrations.peft.register(config) (to reload an adapter: "
+                "PeftModel.from_pretrained(model, path, config=register("
+                "LoraConfig.from_pretrained(path))))."
+            ) from exc
+
+    create_new_module._torchkron_guide = True  # type: ignore[attr-defined]
+    return staticmethod(create_new_module)
+
+
+if not getattr(LoraModel._create_new_module, "_torchkron_guide", False):
+    LoraModel._create_new_module = _guide_unregistered(LoraModel._create_new_module)
 
 
 def _is_conv1d(module: nn.Module) -> bool:

@@ -13,6 +13,7 @@ __all__ = [
     "FactorFans",
     "add_bias",
     "check_args",
+    "check_dtype",
     "check_init",
     "check_input",
     "extra_repr",
@@ -44,7 +45,22 @@ def check_args(cls: str, in_features: int, out_features: int, name: str, value: 
         raise ValueError(f"{cls}: {name} must be an int >= 1, got {value!r}.")
 
 
+def check_dtype(cls: str, dtype: torch.dtype | None) -> None:
+    """Refuse complex dtypes: KronLinear's hand-written backward passes transpose without
+    conjugating (wrong gradients), and the other layers, its baselines, stay real too."""
+    if isinstance(dtype, torch.dtype) and dtype.is_complex:
+        raise TypeError(
+            f"{cls}: complex dtypes are not supported (got {dtype}): torchkron's layers are "
+            f"real-valued (KronLinear's hand-written backward passes transpose without "
+            f"conjugating, so complex gradients would be wrong). Use a real dtype (float32, "
+            f"float64, bfloat16, float16); for a complex map, keep the real and imaginary "
+            f"parts in two real layers."
+        )
+
+
 def check_input(cls: str, x: Tensor, in_features: int) -> None:
+    if x.is_complex():
+        check_dtype(cls, x.dtype)
     if x.dim() == 0 or x.shape[-1] != in_features:
         raise ValueError(
             f"{cls}: expected input of shape (*, {in_features}), got {tuple(x.shape)}; "

@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
+from types import FrameType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from torchkron.factorization import (
+    MAX_SIZE,
     SvdMethod,
     check_positive_int,
     check_rank,
@@ -26,6 +29,7 @@ from torchkron.functional import kron_linear, kron_weight
 from torchkron.layers._common import (
     FactorFans,
     add_bias,
+    check_dtype,
     check_init,
     check_input,
     init_bias,
@@ -67,6 +71,30 @@ def _check_linear(linear: object, caller: str) -> nn.Linear:
             f"forward pass so it knows in_features, then convert it."
         )
     return linear
+
+
+def _check_storage(rank: int, shapes: Sequence[tuple[int, int]], dtype: torch.dtype | None) -> None:
+    # Refuse before torch.empty: sizes from a file must not overflow (or take) memory.
+    itemsize = (torch.get_default_dtype() if dtype is None else dtype).itemsize
+    for o, n in shapes:
+        if rank * o * n * itemsize > MAX_SIZE:
+            raise ValueError(
+                f"KronLinear: a factor of shape ({rank}, {o}, {n}) would take "
+                f"{rank * o * n * itemsize} bytes, more than any tensor can hold; check "
+                f"in_features, out_features, shapes and rank."
+            )
+
+
+def _strict_load() -> bool:
+    """The ``strict`` of the ``Module.load_state_dict`` call being run: torch passes
+    ``strict=True`` to every ``_load_from_state_dict`` and applies strictness after."""
+    frame: FrameType | None = sys._getframe(2)
+    code = nn.Module.load_state_dict.__code__
+    while frame is not None:
+        if frame.f_code is code:
+            return bool(frame.f_locals.get("strict", True))
+        frame = frame.f_back
+    return True
 
 
 class KronLinear(nn.Module):
@@ -153,6 +181,7 @@ class KronLinear(nn.Module):
     ) -> None:
         super().__init__()
         self.init = check_init("KronLinear", init)
+        check_dtype("KronLinear", dtype)
         in_features = check_positive_int(in_features, "in_features", "KronLinear")
         out_features = check_positive_int(out_features, "out_features", "KronLinear")
         rank = _layer_rank(rank)
@@ -184,6 +213,7 @@ class KronLinear(nn.Module):
                 stacklevel=2,
             )
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        _check_storage(rank, resolved, dtype)
         if tied:
             self.tied_factor = nn.Parameter(torch.empty(rank, *resolved[0], **kw))
         else:
@@ -512,8 +542,9 @@ class KronLinear(nn.Module):
             except (TypeError, ValueError) as exc:
                 error_msgs.append(f"while converting the dense checkpoint {dense_key!r}: {exc}")
             return
-        if not dense or not strict:
-            # A factor checkpoint, or a lenient load: torch's own handling and messages.
+        if not dense or not _strict_load():
+            # A factor checkpoint, or a lenient load (strict=False): torch's own handling,
+            # the dense weight listed as unexpected and the factors as missing.
             super()._load_from_state_dict(
                 state_dict,
                 prefix,

@@ -18,6 +18,7 @@ from torchkron.layers._common import (
     FactorFans,
     add_bias,
     check_args,
+    check_dtype,
     check_init,
     check_input,
     extra_repr,
@@ -82,6 +83,7 @@ class LowRankLinear(nn.Module):
     ) -> None:
         super().__init__()
         self.init = check_init("LowRankLinear", init)
+        check_dtype("LowRankLinear", dtype)
         check_args("LowRankLinear", in_features, out_features, "rank", rank)
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         kw: dict[str, Any] = {"device": device, "dtype": dtype}

@@ -19,6 +19,7 @@ from torchkron.layers._common import (
     FactorFans,
     add_bias,
     check_args,
+    check_dtype,
     check_init,
     check_input,
     extra_repr,
@@ -88,6 +89,7 @@ class MonarchLinear(nn.Module):
     ) -> None:
         super().__init__()
         self.init = check_init("MonarchLinear", init)
+        check_dtype("MonarchLinear", dtype)
         check_args("MonarchLinear", in_features, out_features, "nblocks", nblocks)
         mid = min(in_features, out_features)
         for name, size in (("in_features", in_features), ("out_features", out_features)):

@@ -17,8 +17,8 @@ from torch import nn
 from torchkron.surgery._modules import count_params
 from torchkron.surgery.build import build_layers, refuse_meta, swap
 from torchkron.surgery.calibration import check_calibration, collect_moments
-from torchkron.surgery.converters import KRONIFY_MAPPING, ConverterTable
-from torchkron.surgery.plan import sync_config
+from torchkron.surgery.converters import KRONIFY_MAPPING, ConverterTable, lookup
+from torchkron.surgery.plan import output_embeddings, sync_config
 from torchkron.surgery.ranks import check_budget, choose_ranks
 from torchkron.surgery.report import KronifyReport, kronify_report
 from torchkron.surgery.selection import ShapesSpec, check_shared, check_spec, select_layers
@@ -44,6 +44,7 @@ def kronify(
     compression: float | None = None,
     max_rank: int | None = None,
     calibration: Iterable[Any] | None = None,
+    include_output_embeddings: bool = False,
 ) -> tuple[nn.Module, KronifyReport]:
     """Replace the dense layers of ``model`` with ``KronLinear``, in place.
 
@@ -99,6 +100,16 @@ def kronify(
             ``max_error``/``target_params``/``compression`` measure output errors; the
             report's error column is then the relative output error. Needs
             ``from_dense=True``, ``tied=False``.
+        include_output_embeddings: also convert the model's ``get_output_embeddings()``
+            (an HF LM head). Default ``False``: it stays dense, reported with the reason,
+            as PEFT's ``"all-linear"`` leaves it, since ``resize_token_embeddings`` needs
+            a dense head; once converted, ``resize_token_embeddings`` raises before
+            changing anything (:func:`merge` first to resize).
+
+    A bare layer of a converted type as ``model`` (``kronify(nn.Linear(784, 625))``)
+    cannot be changed in place: it is converted as ``nn.Sequential(layer)`` would be
+    (reported under the name ``"0"``) and the new ``KronLinear`` is returned, as
+    :func:`merge` returns the dense layer of a bare ``KronLinear``.
 
     Returns:
         ``(model, report)``; ``print(report)`` gives one row per matched module with its
@@ -106,7 +117,8 @@ def kronify(
         parameter counts before and after.
 
     Raises:
-        ValueError: a bad argument (a rank of 0, a pattern that matches nothing, shapes
+        ValueError: a bad argument (a rank of 0, a ``target``/``exclude``/per-layer
+            pattern that matches no layer, shapes
             that do not fit a targeted layer, dense initialisation of meta tensors, an
             unreachable ``target_params``); the model is unchanged.
 
@@ -119,6 +131,26 @@ def kronify(
         True
     """
     table = KRONIFY_MAPPING if mapping is None else mapping
+    if lookup(model, table, subclasses)[1]:
+        # A bare layer: convert it inside a container and hand back the new layer.
+        holder, report = kronify(
+            nn.Sequential(model),
+            target=target,
+            exclude=exclude,
+            shapes=shapes,
+            num_factors=num_factors,
+            rank=rank,
+            tied=tied,
+            from_dense=from_dense,
+            mapping=mapping,
+            subclasses=subclasses,
+            shared=shared,
+            max_error=max_error,
+            target_params=target_params,
+            compression=compression,
+            max_rank=max_rank,
+        )
+        return next(iter(holder.children())), report
     check_spec("rank", rank)
     check_spec("num_factors", num_factors)
     check_shared(shared)
@@ -146,6 +178,7 @@ def kronify(
         rank=rank,
         tied=tied,
         budgets=budgets,
+        head=None if include_output_embeddings else output_embeddings(model),
     )
     planned = [e for e in entries if not e.reason]
     refuse_meta(planned, from_dense=from_dense, budgets=budgets)

@@ -7,7 +7,6 @@ Layer types are read through a registry of converters (:data:`KRONIFY_MAPPING`,
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ __all__ = [
     "LayerConverter",
     "Unconvertible",
     "builder_for",
+    "converter_named",
     "lookup",
     "qualname",
     "register_converter",
@@ -212,13 +212,27 @@ def lookup(
     return None, ""
 
 
+def converter_named(source: str, table: ConverterTable | None = None) -> LayerConverter | None:
+    """The registered converter whose class has the qualified name ``source``.
+
+    Names come from plans read from files, so they are only looked up in the registry,
+    never imported: an unknown name raises, naming :func:`register_converter` as the
+    fix. A type registered as opted out (``None``) gives ``None``.
+    """
+    table = KRONIFY_MAPPING if table is None else table
+    for key, converter in table.items():
+        if key == source or (isinstance(key, type) and qualname(key) == source):
+            return converter
+    raise ValueError(
+        f"torchkron: the layer type {source!r} (a plan's 'source') is not a registered "
+        f"converter type; torchkron never imports a module named by a file. If that type "
+        f"is yours, import it and call torchkron.register_converter({source.rsplit('.', 1)[-1]}, "
+        f"read, build=...) first; otherwise the plan was tampered with or made for "
+        f"another model."
+    )
+
+
 def builder_for(source: str) -> Callable[[Tensor, Tensor | None], nn.Module] | None:
-    converter = KRONIFY_MAPPING.get(source)
-    if converter is None:
-        module_name, _, cls_name = source.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), cls_name)
-        except (ImportError, AttributeError, ValueError):
-            return None
-        converter = KRONIFY_MAPPING.get(cls)
+    """``merge``'s builder for the type ``source`` (``None``: an ``nn.Linear``)."""
+    converter = converter_named(source)
     return None if converter is None else converter.build

@@ -6,6 +6,7 @@ wins), the checks on them, and the skip reasons of modules that stay dense.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ __all__ = [
     "Entry",
     "ShapesSpec",
     "check_int",
+    "check_name_patterns",
     "check_patterns_used",
     "check_shared",
     "check_spec",
@@ -215,13 +217,23 @@ def select_layers(
     rank: int | Mapping[str, int],
     tied: bool,
     budgets: list[str],
+    head: nn.Module | None = None,
 ) -> list[Entry]:
     """Every module ``kronify`` matches, with its shapes and rank or its skip reason.
+
+    ``head``: a module to leave dense with a reason (the output embedding).
 
     Raises ``ValueError`` (the model untouched) on settings that do not fit a targeted
     layer or patterns that never apply.
     """
     names_of = module_names(model)
+    layers = [
+        n for m in dict.fromkeys(m for _, m in model.named_modules())
+        if id(m) in names_of and lookup(m, table, subclasses)[1]
+        for n in names_of[id(m)]
+    ]  # fmt: skip
+    check_name_patterns("target", target, layers)
+    check_name_patterns("exclude", exclude, layers)
     owners: dict[int, list[str]] = {}
     for pname, p in model.named_parameters(remove_duplicate=False):
         owners.setdefault(id(p), []).append(pname)
@@ -263,6 +275,13 @@ def select_layers(
         if tie:
             entry.reason = tie
             continue
+        if module is head:
+            entry.reason = (
+                "the output embedding (get_output_embeddings(), the LM head) stays dense by "
+                "default, as PEFT's 'all-linear' leaves it: resize_token_embeddings needs a "
+                "dense head. Pass include_output_embeddings=True to convert it"
+            )
+            continue
         if len(names) > 1 and shared == "skip":
             entry.reason = (
                 f"the module is used at {len(names)} places ({', '.join(names)}); pass "
@@ -275,6 +294,30 @@ def select_layers(
 
     check_patterns_used(shapes, num_factors, rank, used, entries)
     return entries
+
+
+def check_name_patterns(what: str, patterns: str | Sequence[str] | None, layers: list[str]) -> None:
+    """Refuse a ``target=``/``exclude=`` pattern (a regex, or each entry of a list) that
+    matches none of ``layers``, the names of the modules kronify could convert."""
+    if patterns is None:
+        return
+    units: list[str] = [patterns] if isinstance(patterns, str) else list(patterns)
+    if not units:
+        raise ValueError(f"kronify: {what}=[] names no layer; pass None for every layer.")
+    for unit in units:
+        try:
+            hit = any(matches(n, unit if isinstance(patterns, str) else [unit]) for n in layers)
+        except re.error as exc:
+            raise ValueError(f"kronify: {what} {unit!r} is not a valid regex: {exc}.") from None
+        if hit:
+            continue
+        close = difflib.get_close_matches(unit, layers, n=3, cutoff=0.5) or layers[:3]
+        shown = ", ".join(repr(n) for n in close) or "none"
+        raise ValueError(
+            f"kronify: {what} {unit!r} matches no layer that kronify converts (layers "
+            f"such as {shown}). A string is a regex matched against the whole name, e.g. "
+            f"r'.*mlp\\..*'; a list holds names or dotted suffixes, e.g. ['fc1', 'mlp.proj']."
+        )
 
 
 def check_shared(shared: object) -> None:

@@ -53,7 +53,10 @@ def unsupported_reason(x: Tensor, factors: Sequence[Tensor]) -> str | None:
     """Why FastKron cannot run this product, or None when it can."""
     mod = _module()
     if mod is None:
-        return "pyfastkron is not installed (pip install 'torchkron[fastkron]')"
+        return (
+            "pyfastkron is not installed (pip install pyfastkron, or pip install -e "
+            "'.[fastkron]' in a clone of the torchkron repository)"
+        )
     if x.dtype not in _DTYPES or any(f.dtype != x.dtype for f in factors):
         return f"FastKron supports float32 and float64 only, got {x.dtype}"
     if not mod.fastkrontorch.isSupported(x, [f[0] for f in factors]):

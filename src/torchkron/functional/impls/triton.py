@@ -422,7 +422,8 @@ def kron_linear_triton(x: Tensor, factors: Sequence[Tensor], bias: Tensor | None
     check_bias(bias, sizes, "kron_linear_triton")
     if not _triton_importable():
         raise RuntimeError(
-            "kron_linear_triton: triton is not installed; pip install 'torchkron[triton]' "
+            "kron_linear_triton: triton is not installed; pip install triton (or pip install "
+            "-e '.[triton]' in a clone of the torchkron repository) "
             f"or {_FALLBACK}."
         )
     lead = x.shape[:-1]
