@@ -112,7 +112,8 @@ def accelerate(network: nn.Module, *, impl: str = "bmm") -> Acceleration:
     if not callable(getattr(_LokrModule, "_rebuild_forward", None)):
         raise RuntimeError(
             "accelerate: this lycoris-lora has no LokrModule._rebuild_forward, the method "
-            "accelerate replaces; install lycoris-lora>=4.1 (pip install 'torchkron[lycoris]')."
+            "accelerate replaces; install lycoris-lora>=4.1 (pip install 'lycoris-lora>=4.1', "
+            "or pip install -e '.[lycoris]' in a clone of torchkron)."
         )
     modules = _lokr_modules(network)
     if not modules:
