@@ -35,6 +35,11 @@ def kron_linear(
 ) -> Tensor:
     """Apply a Kronecker-factored linear map, ``x @ W.T + bias``, without building ``W``.
 
+    Under ``torch.autocast`` the call computes as ``nn.Linear`` does: in the autocast
+    dtype, with the output in it and every gradient in its own tensor's dtype. Under
+    ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``, ...) every ``impl`` but
+    ``"fastkron"`` and ``"triton"`` runs, as plain differentiable operators.
+
     Args:
         x: input of shape ``(*, prod in_i)``.
         factors: ``k >= 1`` tensors, factor ``i`` of shape ``(R, out_i, in_i)``, where
@@ -64,11 +69,6 @@ def kron_linear(
 
     Returns:
         Tensor of shape ``(*, prod out_i)``.
-
-    Under ``torch.autocast`` the call computes as ``nn.Linear`` does: in the autocast
-    dtype, with the output in it and every gradient in its own tensor's dtype. Under
-    ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``, ...) every ``impl`` but
-    ``"fastkron"`` and ``"triton"`` runs, as plain differentiable operators.
 
     Raises:
         ValueError: shapes that do not fit together, or an unknown ``impl``.

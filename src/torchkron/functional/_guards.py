@@ -104,8 +104,10 @@ def check_real(x: Tensor, factors: Sequence[Tensor], bias: Tensor | None, caller
     """Refuse complex tensors: the hand-written backwards and the oneDNN, FastKron and
     Triton kernels are written for real numbers (a transpose where a complex gradient
     needs a conjugate transpose), so a complex call would give wrong gradients."""
-    if not (x.is_complex() or any(f.is_complex() for f in factors)) and (
-        bias is None or not bias.is_complex()
+    # Input and first factor only, on the hot path: a complex tensor among real ones
+    # already fails in the first GEMM that mixes them (torch requires one dtype).
+    if not (x.dtype.is_complex or factors[0].dtype.is_complex) and (
+        bias is None or not bias.dtype.is_complex
     ):
         return
     named = [("input", x), *((f"factor {i}", f) for i, f in enumerate(factors)), ("bias", bias)]
