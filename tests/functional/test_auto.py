@@ -30,13 +30,7 @@ BAD_CALIBRATIONS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _clean_state():
-    _calibration.override({"devices": calibrate.DEFAULTS})
-    functional.clear_weight_cache()
-    yield
-    _calibration.override(None)
-    functional.clear_weight_cache()
+pytestmark = pytest.mark.usefixtures("default_constants")
 
 
 def _check_against_reference(shapes, rank, batch, seed, grad: bool) -> str:

@@ -17,11 +17,7 @@ CPU_IMPLS = ["auto", "permute", "bmm", "fused", "materialize"]
 DTYPES = [torch.bfloat16, torch.float16]
 
 
-@pytest.fixture(autouse=True)
-def _defaults():
-    _calibration.override({"devices": calibrate.DEFAULTS})
-    yield
-    _calibration.override(None)
+pytestmark = pytest.mark.usefixtures("default_constants")
 
 
 def _case(seed: int, shapes, rank: int, batch: int):

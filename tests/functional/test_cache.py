@@ -7,17 +7,9 @@ import pytest
 import torch
 from tests.reference import reference_weight
 
-from torchkron import functional
-from torchkron.functional import _calibration, _weight, calibrate, kron_linear
+from torchkron.functional import _weight, kron_linear
 
-
-@pytest.fixture(autouse=True)
-def _clean_state():
-    _calibration.override({"devices": calibrate.DEFAULTS})
-    functional.clear_weight_cache()
-    yield
-    _calibration.override(None)
-    functional.clear_weight_cache()
+pytestmark = pytest.mark.usefixtures("default_constants")
 
 
 def _factors(seed: int = 0, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:

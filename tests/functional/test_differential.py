@@ -20,7 +20,7 @@ import pytest
 import torch
 from tests.reference import reference_weight
 
-from torchkron.functional import _calibration, calibrate, clear_weight_cache, kron_linear
+from torchkron.functional import kron_linear
 from torchkron.functional.impls import fastkron as fastkron_impl
 
 HAVE_FASTKRON = fastkron_impl.available()
@@ -98,12 +98,7 @@ def draw(seed: int) -> Case:
 ALL = [draw(i) for i in range(CASES)]
 
 
-@pytest.fixture(autouse=True)
-def _defaults():
-    _calibration.override({"devices": calibrate.DEFAULTS})
-    clear_weight_cache()
-    yield
-    _calibration.override(None)
+pytestmark = pytest.mark.usefixtures("default_constants")
 
 
 def _layout(base: torch.Tensor, layout: str, batch: int, n: int) -> torch.Tensor:
