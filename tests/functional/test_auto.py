@@ -18,23 +18,19 @@ from torchkron.functional import IMPLS, _calibration, _weight, calibrate, choose
 from torchkron.functional.impls import fastkron as fastkron_impl
 from torchkron.functional.impls import triton as triton_impl
 
-# Calibrations that push the model to every extreme; none may change the result.
+# Calibrations that push the model to every extreme of the accepted ranges
+# (_calibration.RANGES; values beyond them fall back to the defaults), and insane ones;
+# none may change the result.
 BAD_CALIBRATIONS = [
-    {"cpu": {"peak_flops": 1e30, "d_half": 1e-9, "bandwidth": 1e-30, "launch_s": 1e9}},
-    {"cpu": {"peak_flops": 1e-30, "d_half": 1e9, "bandwidth": 1e30, "launch_s": 1e-30}},
+    {"cpu": {"peak_flops": 1e18, "d_half": 1e-3, "bandwidth": 1e6, "launch_s": 1.0}},
+    {"cpu": {"peak_flops": 1e6, "d_half": 1e6, "bandwidth": 1e15, "launch_s": 1e-9}},
     {"cpu": {"peak_flops": -1, "d_half": float("nan"), "bandwidth": 0, "launch_s": "fast"}},
     {"cpu": {"peak_flops": float("inf"), "d_half": True}},
     {},
 ]
 
 
-@pytest.fixture(autouse=True)
-def _clean_state():
-    _calibration.override({"devices": calibrate.DEFAULTS})
-    functional.clear_weight_cache()
-    yield
-    _calibration.override(None)
-    functional.clear_weight_cache()
+pytestmark = pytest.mark.usefixtures("default_constants")
 
 
 def _check_against_reference(shapes, rank, batch, seed, grad: bool) -> str:
@@ -133,7 +129,7 @@ def test_auto_materializes_high_rank_and_keeps_the_chain_for_rank_one():
 
 
 def _entry(factors):
-    e = _weight.WEIGHT_CACHE.get(id(factors[0]))
+    e = _weight.WEIGHT_CACHE.get((id(factors[0]), factors[0].dtype))
     return None if e is None else e.weight
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from torchkron.functional import _gemm
-from torchkron.functional._guards import records, tracing
+from torchkron.functional._guards import records, tracing, transformed
 from torchkron.functional._plan import GemmStep, one_gemm
 
 __all__ = ["chain", "contiguous_grad", "linear", "no_double_backward", "onednn_linear"]
@@ -39,7 +39,7 @@ def _step(s: Tensor, w: Tensor, step: GemmStep, batch: int, bias: Tensor | None 
     # expand() is a stride-0 view: the batched GEMM reads the same w for every entry,
     # where torch.matmul(w, s) would first copy s into a transposed layout.
     s3 = s.reshape(p, step.k, step.post)
-    if torch.is_grad_enabled() and w.requires_grad and not tracing():
+    if torch.is_grad_enabled() and w.requires_grad and not (tracing() or transformed()):
         out: Tensor = _BatchedStepFn.apply(w, s3)  # type: ignore[no-untyped-call]
         # In place: the product is saved by nothing, and a fresh (P, m, post) tensor for
         # an out-of-place sum costs more than the add itself (new pages to fault in).
@@ -167,7 +167,7 @@ def _add_bias(y: Tensor, bias: Tensor, batch: int) -> Tensor:
     """``y`` (a GEMM output of ``batch * features`` numbers) plus ``bias``, in place: the
     product is saved by nothing, and a fresh output for an out-of-place sum costs more
     than the add itself (new pages to fault in)."""
-    if tracing():
+    if tracing() or transformed():
         return (y.reshape(batch, bias.shape[0]) + bias).reshape(y.shape)
     if records(y, bias):
         out: Tensor = _AddBiasFn.apply(y, bias, batch)  # type: ignore[no-untyped-call]
@@ -280,7 +280,12 @@ def chain(
         ``(B, pre_n * m_n * post_n)``, contiguous.
     """
     tensors = [x, *mats] if bias is None else [x, bias, *mats]
-    if fused and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    if (
+        fused
+        and torch.is_grad_enabled()
+        and any(t.requires_grad for t in tensors)
+        and not transformed()
+    ):
         out: Tensor = _ChainFn.apply(x, steps, bias, *mats)  # type: ignore[no-untyped-call]
         return out
     return _forward(x, mats, steps, bias)[-1]
@@ -307,7 +312,11 @@ def contiguous_grad(y: Tensor) -> Tensor:
     """``y``, whose gradient reaches the operations below it contiguous."""
     # Under torch.jit.trace the node would be baked into the graph, and the tracer's
     # re-run (without grad) would see a different graph; tracing is for inference anyway.
-    if not (y.requires_grad and torch.is_grad_enabled()) or torch._C._get_tracing_state():
+    if (
+        not (y.requires_grad and torch.is_grad_enabled())
+        or torch._C._get_tracing_state()
+        or transformed()
+    ):
         return y
     out: Tensor = _ContiguousGradFn.apply(y)  # type: ignore[no-untyped-call]
     return out

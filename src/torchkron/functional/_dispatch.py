@@ -10,11 +10,19 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from torchkron.functional import _calibration, _cost
-from torchkron.functional._guards import Sizes, check_bias, check_factors, check_input, tracing
+from torchkron.functional import _amp, _calibration, _cost
+from torchkron.functional._guards import (
+    Sizes,
+    check_bias,
+    check_factors,
+    check_input,
+    check_real,
+    tracing,
+    transformed,
+)
 from torchkron.functional._plan import chain_plan, kron_flops
 from torchkron.functional._weight import cacheable
-from torchkron.functional.impls import MODULES, triton
+from torchkron.functional.impls import MODULES, materialize, triton
 
 __all__ = ["IMPLS", "choose_impl", "kron_linear"]
 
@@ -26,6 +34,11 @@ def kron_linear(
     x: Tensor, factors: Sequence[Tensor], bias: Tensor | None = None, *, impl: str = "auto"
 ) -> Tensor:
     """Apply a Kronecker-factored linear map, ``x @ W.T + bias``, without building ``W``.
+
+    Under ``torch.autocast`` the call computes as ``nn.Linear`` does: in the autocast
+    dtype, with the output in it and every gradient in its own tensor's dtype. Under
+    ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``, ...) every ``impl`` but
+    ``"fastkron"`` and ``"triton"`` runs, as plain differentiable operators.
 
     Args:
         x: input of shape ``(*, prod in_i)``.
@@ -57,6 +70,12 @@ def kron_linear(
     Returns:
         Tensor of shape ``(*, prod out_i)``.
 
+    Raises:
+        ValueError: shapes that do not fit together, or an unknown ``impl``.
+        TypeError: complex tensors (build ``W`` with :func:`kron_weight` instead).
+        RuntimeError: an ``impl`` that cannot run here (a missing package, device or
+            dtype), with the reason.
+
     Shape:
         - Input: ``(*, H_in)`` with ``H_in = prod in_i``; any leading dims, including none
           and empty ones.
@@ -74,16 +93,51 @@ def kron_linear(
     sizes = check_factors(factors, "kron_linear")
     check_input(x, sizes, "kron_linear")
     check_bias(bias, sizes, "kron_linear")
+    check_real(x, factors, bias, "kron_linear")
     if impl not in IMPLS:
         raise ValueError(
             f"kron_linear: unknown impl {impl!r}; choose one of {', '.join(map(repr, IMPLS))}."
         )
     lead = x.shape[:-1]
     x2 = x.reshape(-1, sizes.in_features)
-    if impl == "auto":
-        impl = _auto_impl(x2, factors, sizes)
-    y = MODULES[impl].run(x2, factors, bias, sizes)
+    dtype = _amp.autocast_dtype(x.device.type) if torch._C._is_any_autocast_enabled() else None
+    if dtype is not None:
+        y = _run_autocast(x2, factors, bias, sizes, impl, dtype)
+    else:
+        if impl == "auto":
+            impl = _auto_impl(x2, factors, sizes)
+        y = MODULES[impl].run(x2, factors, bias, sizes)
     return y.reshape(*lead, sizes.out_features)
+
+
+def _run_autocast(
+    x: Tensor,
+    factors: Sequence[Tensor],
+    bias: Tensor | None,
+    sizes: Sizes,
+    impl: str,
+    dtype: torch.dtype,
+) -> Tensor:
+    """``x @ W.T + bias`` as ``nn.Linear`` under autocast: every operand cast to the
+    compute dtype ``dtype`` by a recorded cast, then the implementation with autocast
+    off (see :mod:`torchkron.functional._amp`)."""
+    x = _amp.cast(x, dtype)
+    bias = None if bias is None else _amp.cast(bias, dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        if impl == "auto":
+            impl = _auto_impl(x, factors, sizes)
+        if impl == "materialize":
+            # W built in the factors' dtype, then cast (and cached per compute dtype).
+            return materialize.run_with(x, factors, bias, _amp.cast_dtype(factors[0], dtype))
+        low = [_amp.cast(f, dtype) for f in factors]
+        reason = MODULES[impl].unsupported_reason(x, low)
+        if reason is not None:
+            raise RuntimeError(
+                f"kron_linear(impl={impl!r}): {reason}, and torch.autocast computes this "
+                f"call in {dtype}; use impl='auto' (or 'bmm') under autocast, or turn "
+                "autocast off around this call."
+            )
+        return MODULES[impl].run(x, low, bias, sizes)
 
 
 def choose_impl(x: Tensor, factors: Sequence[Tensor]) -> str:
@@ -97,7 +151,9 @@ def choose_impl(x: Tensor, factors: Sequence[Tensor]) -> str:
     (cached across calls in inference), and ``"triton"`` on CUDA when it is available.
     """
     sizes = check_factors(factors, "choose_impl")
-    return _auto_impl(x.reshape(-1, x.shape[-1]), factors, sizes)
+    x2 = x.reshape(-1, x.shape[-1])
+    dtype = _amp.autocast_dtype(x.device.type)
+    return _auto_impl(x2 if dtype is None else _amp.cast(x2, dtype), factors, sizes)
 
 
 # Never materialise a W larger than this many times the layer's input + output (W of a
@@ -106,9 +162,9 @@ _MATERIALIZE_MAX_BYTES = 1 << 30
 
 
 def _auto_impl(x: Tensor, factors: Sequence[Tensor], sizes: Sizes) -> str:
-    if len(factors) == 1 or tracing():
+    if len(factors) == 1 or tracing() or transformed():
         # One factor is the weight itself; under tracing the plain chain is the graph
-        # (batched GEMMs, nothing opaque or stateful).
+        # (batched GEMMs, nothing opaque or stateful), and torch.func transforms it.
         return "bmm"
     rank, outs, ins = sizes
     train = torch.is_grad_enabled() and (x.requires_grad or any(f.requires_grad for f in factors))

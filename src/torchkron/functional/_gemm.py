@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from torchkron.functional._calibration import constants
-from torchkron.functional._guards import records, tracing
+from torchkron.functional._guards import records, tracing, transformed
 
 __all__ = ["available", "enabled", "linear", "onednn_linear", "uses_onednn"]
 
@@ -57,6 +57,7 @@ def uses_onednn(a: Tensor, w: Tensor) -> bool:
         and w.dim() == 2
         and 2 * a.shape[0] * a.shape[1] * w.shape[0] >= MIN_FLOPS
         and not tracing()
+        and not transformed()  # oneDNN's operator has no batching rule for torch.func
         # Under CPU autocast PyTorch's GEMM runs in the autocast dtype; oneDNN's operator
         # has no autocast rule and would compute (and return) float32 instead.
         and not torch.is_autocast_enabled("cpu")

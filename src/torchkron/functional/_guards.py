@@ -15,7 +15,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Sizes", "check_bias", "check_factors", "check_input", "records", "tracing"]
+__all__ = [
+    "Sizes",
+    "check_bias",
+    "check_factors",
+    "check_input",
+    "check_real",
+    "records",
+    "tracing",
+    "transformed",
+]
 
 
 class Sizes(NamedTuple):
@@ -91,11 +100,40 @@ def check_bias(bias: Tensor | None, sizes: Sizes, caller: str) -> None:
         )
 
 
+def check_real(x: Tensor, factors: Sequence[Tensor], bias: Tensor | None, caller: str) -> None:
+    """Refuse complex tensors: the hand-written backwards and the oneDNN, FastKron and
+    Triton kernels are written for real numbers (a transpose where a complex gradient
+    needs a conjugate transpose), so a complex call would give wrong gradients."""
+    # Input and first factor only, on the hot path: a complex tensor among real ones
+    # already fails in the first GEMM that mixes them (torch requires one dtype).
+    if not (x.dtype.is_complex or factors[0].dtype.is_complex) and (
+        bias is None or not bias.dtype.is_complex
+    ):
+        return
+    named = [("input", x), *((f"factor {i}", f) for i, f in enumerate(factors)), ("bias", bias)]
+    what = ", ".join(f"{n} {t.dtype}" for n, t in named if t is not None and t.is_complex())
+    raise TypeError(
+        f"{caller}: complex dtypes are not supported (got {what}). Build the weight with "
+        "torchkron.functional.kron_weight(factors), which is differentiable for complex "
+        "factors, and apply it with torch.nn.functional.linear(x, weight, bias); or keep "
+        "real and imaginary parts as separate real tensors."
+    )
+
+
 def tracing() -> bool:
     """Under torch.compile, torch.export or torch.jit.trace: plain operators only, no
     state (trace cannot check a custom Function; the compiler optimises the plain graph,
     and a cached weight would be baked into it)."""
     return bool(torch._C._get_tracing_state()) or torch.compiler.is_compiling()
+
+
+def transformed() -> bool:
+    """Under a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ...): plain
+    operators only. The hand-written autograd Functions save intermediate states, work
+    in place or call kernels (oneDNN, FastKron, Triton) that have no batching rule, so
+    the transforms differentiate and batch the plain operators instead; the cache is
+    off (its tensors would be the transform's wrappers)."""
+    return bool(torch._C._are_functorch_transforms_active())
 
 
 def records(*tensors: Tensor | None) -> bool:

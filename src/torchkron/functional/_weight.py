@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from torchkron.functional._guards import check_factors, tracing
+from torchkron.functional._guards import check_factors, tracing, transformed
 
 __all__ = [
     "WEIGHT_CACHE",
@@ -30,7 +30,9 @@ def kron_weight(factors: Sequence[Tensor]) -> Tensor:
         factors: ``k`` tensors, factor ``i`` of shape ``(R, out_i, in_i)``.
 
     Returns:
-        ``W`` of shape ``(prod out_i, prod in_i)``, differentiable in the factors.
+        ``W`` of shape ``(prod out_i, prod in_i)``, differentiable in the factors (complex
+        factors included), in the factors' dtype also under ``torch.autocast`` (as
+        ``nn.Linear.weight`` stays float32 there).
 
     Examples:
         >>> a, b = torch.randn(1, 2, 3), torch.randn(1, 4, 5)
@@ -38,6 +40,9 @@ def kron_weight(factors: Sequence[Tensor]) -> Tensor:
         True
     """
     check_factors(factors, "kron_weight")
+    if torch._C._is_any_autocast_enabled():
+        with torch.autocast(factors[0].device.type, enabled=False):
+            return materialize(factors)
     return materialize(factors)
 
 
@@ -74,24 +79,28 @@ def kron_terms(factors: Sequence[Tensor]) -> Tensor:
 class _CacheEntry(NamedTuple):
     ref: Any  # weakref.ref to the first factor (drops the entry when it is freed)
     key: tuple[Any, ...]  # identity, storage, version and layout of every factor
-    snapshot: tuple[Tensor, ...]  # copies of the factors' values when W was built
+    snapshot: tuple[Tensor, ...]  # copies of the factors' values W was built from
     weight: Tensor
 
 
-WEIGHT_CACHE: dict[int, _CacheEntry] = {}
+#: One entry per (first factor's id, compute dtype): inference under autocast and in
+#: the factors' own dtype each get their own ``W``.
+WEIGHT_CACHE: dict[tuple[int, torch.dtype], _CacheEntry] = {}
 _CACHE_ENABLED = True
 
 
 def clear_weight_cache() -> None:
     """Drop every cached materialised ``W`` (see ``impl="materialize"``).
 
-    The cache holds one ``W`` per factor set used for inference. An entry is reused only
-    while every factor is the same tensor, with the same storage (``data_ptr``), version
-    counter (moved by optimizer steps, ``copy_``, ``load_state_dict``) and layout, *and*
-    equal values to a snapshot taken when ``W`` was built: writes that bypass version
-    counters (through ``tensor.data``, or into a flat buffer the parameters are views
-    of, as ``torchkron.experiments.mnist.optim.FlatAdadelta`` does) are caught by the
-    comparison, which costs one pass over the (small) factors per call.
+    The cache holds one ``W`` per factor set and compute dtype used for inference. An
+    entry is reused only while every factor is the same tensor, with the same storage
+    (``data_ptr``), version counter (moved by optimizer steps, ``copy_``,
+    ``load_state_dict``) and layout, *and* equal values to a snapshot of the factors,
+    from which ``W`` itself was built: writes that bypass version counters (through
+    ``tensor.data``, into a flat buffer the parameters are views of, as
+    ``torchkron.experiments.mnist.optim.FlatAdadelta`` does, or from another thread or
+    process) are caught by the comparison, which costs one pass over the (small)
+    factors per call.
     """
     WEIGHT_CACHE.clear()
 
@@ -119,19 +128,29 @@ def cacheable(factors: Sequence[Tensor]) -> bool:
     caching on, no tracing, plain tensors."""
     if not _CACHE_ENABLED or (torch.is_grad_enabled() and any(f.requires_grad for f in factors)):
         return False
-    if tracing():
+    if tracing() or transformed():
         return False
     return all(type(f) in (Tensor, torch.nn.Parameter) for f in factors)
 
 
-def cached_weight(factors: Sequence[Tensor]) -> Tensor:
-    """``W`` of ``factors`` (no autograd), reused while no factor has changed."""
+def _build(factors: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    """``W`` in ``dtype``, built in the factors' own dtype (autocast off) and then cast,
+    as ``nn.Linear`` under autocast casts its float32 weight."""
+    with torch.autocast(factors[0].device.type, enabled=False):
+        return materialize(factors).to(dtype)
+
+
+def cached_weight(factors: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
+    """``W`` of ``factors`` in ``dtype`` (default: theirs), without autograd, reused while
+    no factor has changed."""
+    dtype = factors[0].dtype if dtype is None else dtype
     key = _cache_key(factors)
     if key is None:
         with torch.no_grad():
-            return materialize(factors)
+            return _build(factors, dtype)
     head = factors[0]
-    entry = WEIGHT_CACHE.get(id(head))
+    slot = (id(head), dtype)
+    entry = WEIGHT_CACHE.get(slot)
     if (
         entry is not None
         and entry.ref() is head
@@ -139,12 +158,16 @@ def cached_weight(factors: Sequence[Tensor]) -> Tensor:
         and all(torch.equal(f, s) for f, s in zip(factors, entry.snapshot, strict=True))
     ):
         return entry.weight
-    with torch.no_grad():
-        w = materialize(factors)
+    # Snapshot first, then build W from the snapshot itself: a write that lands while W
+    # is built (another thread, another process sharing the memory) then shows as a
+    # difference between the factors and the snapshot on the next call, instead of
+    # hiding behind a snapshot taken after it. Outside inference mode (even when called
+    # in it), so that W may later be saved for backward by a training step.
+    with torch.inference_mode(False), torch.no_grad():
         snapshot = tuple(f.detach().clone() for f in factors)
-    slot = id(head)
+        w = _build(snapshot, dtype)
 
-    def _drop(_: Any, slot: int = slot) -> None:
+    def _drop(_: Any, slot: tuple[int, torch.dtype] = slot) -> None:
         current = WEIGHT_CACHE.get(slot)
         if current is not None and current.ref() is None:
             del WEIGHT_CACHE[slot]

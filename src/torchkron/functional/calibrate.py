@@ -119,7 +119,8 @@ def write(path: Path, device: torch.device, dtype: torch.dtype, threads: int) ->
     (other device types' entries are kept); returns the whole document written."""
     doc: dict[str, Any] = {"schema": 1, "devices": {}}
     if path.is_file():
-        with contextlib.suppress(OSError, ValueError):
+        # An unreadable, foreign or tampered file is replaced (its other devices lost).
+        with contextlib.suppress(OSError, ValueError, RecursionError):
             old = json.loads(path.read_text())
             if isinstance(old, dict) and isinstance(old.get("devices"), dict):
                 doc["devices"] = old["devices"]

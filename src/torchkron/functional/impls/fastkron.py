@@ -27,7 +27,7 @@ from torch import Tensor
 
 from torchkron.functional._autograd import no_double_backward
 from torchkron.functional._chain import chain_linear, one_factor
-from torchkron.functional._guards import Sizes
+from torchkron.functional._guards import Sizes, transformed
 
 __all__ = ["available", "run", "unsupported_reason"]
 
@@ -63,6 +63,11 @@ def unsupported_reason(x: Tensor, factors: Sequence[Tensor]) -> str | None:
         return f"FastKron has no kernels for device {x.device} on this machine"
     if torch.compiler.is_compiling():
         return "FastKron's kernels cannot be traced by torch.compile or torch.export"
+    if transformed():
+        return (
+            "FastKron's kernels take plain tensors, so torch.func transforms (grad, vmap, "
+            "jacrev, ...) cannot see through them; use impl='bmm' or 'fused' there"
+        )
     return None
 
 

@@ -37,7 +37,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from torchkron.functional._guards import Sizes, check_bias, check_factors, check_input
+from torchkron.functional import _amp
+from torchkron.functional._guards import (
+    Sizes,
+    check_bias,
+    check_factors,
+    check_input,
+    transformed,
+)
 
 __all__ = [
     "is_available",
@@ -134,6 +141,11 @@ def kernel_unsupported_reason(
         return (
             f"the tensors are on {device}, but the Triton kernels need CUDA tensors "
             f"(or TRITON_INTERPRET=1 for the CPU interpreter); {_FALLBACK}"
+        )
+    if transformed():
+        return (
+            "the Triton kernels take plain tensors, so torch.func transforms (grad, vmap, "
+            f"jacrev, ...) cannot see through them; {_FALLBACK}"
         )
     return None
 
@@ -415,6 +427,10 @@ def kron_linear_triton(x: Tensor, factors: Sequence[Tensor], bias: Tensor | None
         ...     y = kron_linear_triton(torch.randn(8, 4096, device="cuda"), [a, b])
     """
     sizes = check_factors(factors, "kron_linear_triton")
+    dtype = _amp.autocast_dtype(x.device.type)
+    if dtype is not None:  # as nn.Linear under autocast (see torchkron.functional._amp)
+        x, factors = _amp.cast(x, dtype), [_amp.cast(f, dtype) for f in factors]
+        bias = None if bias is None else _amp.cast(bias, dtype)
     reason = kernel_unsupported_reason(x, factors, bias)
     if reason is not None:
         raise ValueError(f"kron_linear_triton: {reason}.")
