@@ -8,6 +8,7 @@ checkpoint converter to and from PEFT is :mod:`torchkron.integrations.lokr.conve
 
 Examples:
     >>> from lycoris import create_lycoris
+    >>> from torch import nn
     >>> model = nn.Sequential(nn.Linear(64, 64))
     >>> network = create_lycoris(model, 1.0, linear_dim=4, linear_alpha=4, algo="lokr")
     >>> network.apply_to()
