@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from torchkron.experiments.mnist.config import TrainConfig
+from torchkron.experiments.mnist.dataset_options import add_dataset_arguments, recipe_for
 from torchkron.experiments.options import (
     add_jobs_argument,
     add_recipe_arguments,
     add_run_arguments,
-    config_from,
     positive_int,
     run_options,
 )
@@ -48,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "results/mnist is rewritten only when named here explicitly)",
     )
     add_recipe_arguments(p)
+    add_dataset_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     done = reproduce(
         variants=args.variants,
         seeds=args.seeds,
-        config=config_from(TrainConfig, args),
+        config=recipe_for(args),
         options=run_options(args),
         reference=reference,
     )

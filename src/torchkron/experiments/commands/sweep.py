@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from torchkron.experiments.mnist.config import TrainConfig
+from torchkron.experiments.mnist.dataset_options import add_dataset_arguments, recipe_for
 from torchkron.experiments.mnist.sweep import (
     DEFAULT_FACTORS,
     DEFAULT_LOWRANK_RANKS,
@@ -20,7 +20,6 @@ from torchkron.experiments.options import (
     add_jobs_argument,
     add_recipe_arguments,
     add_run_arguments,
-    config_from,
     positive_int,
     run_options,
 )
@@ -99,6 +98,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_run_arguments(p, "runs/sweep")
     add_recipe_arguments(p)
+    add_dataset_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         lowrank_ranks=tuple(args.lowrank_ranks),
     )
     specs = grid_specs(grid)
-    config = config_from(TrainConfig, args)
+    config = recipe_for(args)
     if args.list:
         print(list_text(specs, args.seeds, config.epochs))
         return 0

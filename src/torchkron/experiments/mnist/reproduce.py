@@ -63,7 +63,7 @@ def reproduce(
     """Train every variant x seed, write the report and compare it with ``reference``."""
     specs = resolve_variants(variants)
     jobs = [Job(spec, seed) for spec in specs for seed in range(seeds)]
-    with open_session(jobs, options, "reproduce.log") as (progress, mnist):
+    with open_session(jobs, options, "reproduce.log", dataset=config.dataset) as (progress, mnist):
         done = track(progress, jobs, options.out_dir, config.epochs)
         progress.message(
             f"data: {mnist.source} ({mnist.train_images.shape[0]} train, "
@@ -137,7 +137,7 @@ def _record_wall_time(options: RunOptions, started_at: str, wall: float, runs: i
 def train_one(*, variant: str, seed: int, config: TrainConfig, options: RunOptions) -> RunRecord:
     """One run of one variant (``torchkron train``), in this process."""
     job = Job(get_variant(variant), seed)
-    with open_session([job], options, "train.log") as (progress, mnist):
+    with open_session([job], options, "train.log", dataset=config.dataset) as (progress, mnist):
         track(progress, [job], options.out_dir, config.epochs)
         (record,) = run_jobs([job], config, replace(options, workers=1), mnist, progress=progress)
         return record
