@@ -183,7 +183,8 @@ def draw_filters(path: Path) -> Path:
 
     rows = filter_rows(path)
     cols = max(f.shape[0] for _, f in rows)
-    fig = Figure(figsize=(0.75 * cols + 2.0, 0.8 * len(rows) + 0.4), dpi=FIGURE_DPI)
+    width, height = 0.75 * cols + 2.0, 0.8 * len(rows) + 0.45  # inches
+    fig = Figure(figsize=(width, height), dpi=FIGURE_DPI)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(rows), cols, squeeze=False)
     for r, (label, fields) in enumerate(rows):
@@ -194,7 +195,7 @@ def draw_filters(path: Path) -> Path:
             if c < fields.shape[0]:
                 field = fields[c].numpy()
                 scale = float(np.abs(field).max()) or 1.0
-                ax.imshow(field, cmap="RdBu_r", vmin=-scale, vmax=scale)
+                ax.imshow(field, cmap="RdBu_r", vmin=-scale, vmax=scale, interpolation="nearest")
             else:
                 ax.axis("off")
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
@@ -204,8 +205,27 @@ def draw_filters(path: Path) -> Path:
         fontsize=9,
     )
     fig.subplots_adjust(
-        left=1.9 / (0.75 * cols + 2.0), right=0.99, bottom=0.01, top=0.94, wspace=0.08, hspace=0.12
+        # Margins in inches: room for the row labels and the title at any size.
+        left=1.9 / width,
+        right=0.99,
+        bottom=0.05 / height,
+        top=1 - 0.4 / height,
+        wspace=0.08,
+        hspace=0.12,
     )
     out = path.with_name(FIGURE_FILE)
-    atomic_write_bytes(out, png_bytes(fig, FIGURE_DPI))
+    atomic_write_bytes(out, _palette_png(png_bytes(fig, FIGURE_DPI)))
     return out
+
+
+def _palette_png(data: bytes, colours: int = 32) -> bytes:
+    """``data`` (a PNG) reduced to ``colours`` colours: the permuted fields are pixel noise,
+    which a full-colour PNG stores at several times the size."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        buf = io.BytesIO()
+        image.convert("RGB").quantize(colours).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
