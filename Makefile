@@ -23,8 +23,15 @@ PIP   := $(BIN)/python -m pip
 DATA_ARG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 LM_DATA_DIR ?= $(if $(wildcard ../shared/data/tinyshakespeare),../shared/data/tinyshakespeare,)
 LM_DATA_ARG := $(if $(LM_DATA_DIR),--data-dir $(LM_DATA_DIR),)
+FASHION_DATA_DIR ?= $(if $(wildcard ../shared/data/fashion-mnist),../shared/data/fashion-mnist,)
+FASHION_DATA_ARG := $(if $(FASHION_DATA_DIR),--data-dir $(FASHION_DATA_DIR),)
+# Where the two controls of docs/reproduction.md train (untracked unless named results/...).
+PERMUTED_OUT  ?= runs/mnist-permuted
+FASHION_OUT   ?= runs/fashion-mnist
 
-.PHONY: venv test lint typecheck check check-wheel reproduce report results readme bench sweep compress lm lm-report lm-compress lm-compress-report clean
+.PHONY: venv test lint typecheck check check-wheel reproduce report results readme bench sweep \
+	compress lm lm-report lm-compress lm-compress-report clean \
+	reproduce-permuted reproduce-fashion report-permuted report-fashion filters
 
 venv: $(STAMP)
 
@@ -67,10 +74,39 @@ reproduce: $(STAMP)
 report: $(STAMP)
 	$(BIN)/torchkron report results/mnist
 
+# Where the MNIST advantage comes from (docs/reproduction.md): the same variants and
+# baselines x 3 seeds on MNIST with its pixels permuted, and on Fashion-MNIST; resumable.
+reproduce-permuted: $(STAMP)
+	$(BIN)/torchkron reproduce --out $(PERMUTED_OUT) --resume --permute-pixels 0 --jobs 2 --no-compare $(DATA_ARG) $(ARGS)
+
+reproduce-fashion: $(STAMP)
+	$(BIN)/torchkron reproduce --out $(FASHION_OUT) --resume --dataset fashion-mnist --jobs 2 --no-compare $(FASHION_DATA_ARG) $(ARGS)
+
+# Their committed reports, from the run files alone (set against results/mnist), and
+# each folder's filters.png from its filters.npz.
+report-permuted: $(STAMP)
+	$(BIN)/torchkron report results/mnist-permuted --baseline results/mnist
+
+report-fashion: $(STAMP)
+	$(BIN)/torchkron report results/fashion-mnist --baseline results/mnist
+
+# Rewrites the committed filters.npz files from saved models (models/ is untracked): trains
+# seed 0 of original, one-kron-mat and two-kron-mat on plain MNIST into runs/mnist-filters
+# (the runs of results/mnist, retrained: same numbers), and needs the models of the two
+# controls' seed-0 runs where they were trained (FILTERS_PERMUTED, FILTERS_FASHION).
+FILTERS_PERMUTED ?= results/mnist-permuted
+FILTERS_FASHION  ?= results/fashion-mnist
+filters: $(STAMP)
+	$(BIN)/torchkron reproduce --out runs/mnist-filters --resume --variants original one-kron-mat two-kron-mat --seeds 1 --jobs 2 --no-compare --no-plots $(DATA_ARG)
+	$(BIN)/torchkron report results/mnist-permuted --baseline results/mnist --filters-from runs/mnist-filters $(FILTERS_PERMUTED)
+	$(BIN)/torchkron report results/fashion-mnist --baseline results/mnist --filters-from $(FILTERS_FASHION)
+
 # The maintainers' path: regenerate every committed table and plot in results/ from the
 # committed run files (nothing is retrained), then the README and docs/.
 results: $(STAMP)
 	$(BIN)/torchkron report results/mnist
+	$(BIN)/torchkron report results/mnist-permuted --baseline results/mnist
+	$(BIN)/torchkron report results/fashion-mnist --baseline results/mnist
 	$(BIN)/torchkron sweep --out results/sweep --report-only
 	$(BIN)/torchkron compress --out results/compress --report-only
 	$(MAKE) readme

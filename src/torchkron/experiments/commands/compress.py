@@ -15,15 +15,13 @@ from torchkron.experiments.mnist.compress import (
     run_compress,
 )
 from torchkron.experiments.mnist.config import TrainConfig
-from torchkron.experiments.options import (
+from torchkron.experiments.mnist.options import (
     add_jobs_argument,
     add_recipe_arguments,
     add_run_arguments,
-    config_from,
-    positive_float,
-    positive_int,
     run_options,
 )
+from torchkron.experiments.options import config_from, positive_float, positive_int
 
 __all__ = ["add_arguments", "run"]
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from torchkron.experiments.mnist.config import TrainConfig
-from torchkron.experiments.options import (
+from torchkron.experiments.mnist.options import (
+    add_dataset_arguments,
     add_jobs_argument,
     add_recipe_arguments,
     add_run_arguments,
-    config_from,
-    positive_int,
+    recipe_for,
     run_options,
 )
+from torchkron.experiments.options import positive_int
 
 __all__ = ["add_arguments", "run"]
 
@@ -48,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "results/mnist is rewritten only when named here explicitly)",
     )
     add_recipe_arguments(p)
+    add_dataset_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     done = reproduce(
         variants=args.variants,
         seeds=args.seeds,
-        config=config_from(TrainConfig, args),
+        config=recipe_for(args),
         options=run_options(args),
         reference=reference,
     )

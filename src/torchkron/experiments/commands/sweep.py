@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from torchkron.experiments.mnist.config import TrainConfig
+from torchkron.experiments.mnist.options import (
+    add_dataset_arguments,
+    add_jobs_argument,
+    add_recipe_arguments,
+    add_run_arguments,
+    recipe_for,
+    run_options,
+)
 from torchkron.experiments.mnist.sweep import (
     DEFAULT_FACTORS,
     DEFAULT_LOWRANK_RANKS,
@@ -16,14 +23,7 @@ from torchkron.experiments.mnist.sweep import (
     list_text,
     run_sweep,
 )
-from torchkron.experiments.options import (
-    add_jobs_argument,
-    add_recipe_arguments,
-    add_run_arguments,
-    config_from,
-    positive_int,
-    run_options,
-)
+from torchkron.experiments.options import positive_int
 
 __all__ = ["add_arguments", "run"]
 
@@ -99,6 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_run_arguments(p, "runs/sweep")
     add_recipe_arguments(p)
+    add_dataset_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         lowrank_ranks=tuple(args.lowrank_ranks),
     )
     specs = grid_specs(grid)
-    config = config_from(TrainConfig, args)
+    config = recipe_for(args)
     if args.list:
         print(list_text(specs, args.seeds, config.epochs))
         return 0

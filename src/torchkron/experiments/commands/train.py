@@ -5,13 +5,8 @@ from __future__ import annotations
 import argparse
 
 from torchkron.experiments.mnist.config import TrainConfig
-from torchkron.experiments.options import (
-    add_recipe_arguments,
-    add_run_arguments,
-    config_from,
-    non_negative_int,
-    run_options,
-)
+from torchkron.experiments.mnist.options import add_recipe_arguments, add_run_arguments, run_options
+from torchkron.experiments.options import config_from, non_negative_int
 
 __all__ = ["add_arguments", "run"]
 

@@ -4,6 +4,11 @@ A dataset folder holds the four files of the MNIST distribution, each either pla
 gzip-compressed (``name`` or ``name.gz``). Local files are read as they are, without a
 checksum check, so rebuilt or MNIST-like datasets in the same format load too; only
 downloads are verified against the official md5 sums.
+
+Two datasets are known by name (:data:`DATASETS`): MNIST and Fashion-MNIST, which ships
+in the same format and file names. The name picks the default folder, the download
+mirrors and checksums, and the pixel mean/std a run normalises with; it is never guessed
+from a folder's contents.
 """
 
 from __future__ import annotations
@@ -26,13 +31,16 @@ from torchkron.experiments.common.errors import DataError
 from torchkron.experiments.data.idx import read_idx
 
 __all__ = [
+    "DATASETS",
     "FILES",
     "MD5",
     "MIRRORS",
+    "Dataset",
     "MnistData",
     "default_data_dir",
     "download_mnist",
     "find_files",
+    "get_dataset",
     "load_mnist",
 ]
 
@@ -57,6 +65,60 @@ MIRRORS: tuple[str, ...] = (
     "http://yann.lecun.com/exdb/mnist/",
 )
 """Base URLs tried in order, as torchvision does."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named MNIST-format dataset: where to get it and how to normalise it.
+
+    Attributes:
+        name: the ``--dataset`` value, also the default cache folder's name.
+        title: the name shown in reports.
+        mean: training-set pixel mean after scaling to [0, 1].
+        std: training-set pixel std after scaling to [0, 1].
+        mirrors: download base URLs, tried in order.
+        md5: md5 of each official ``.gz`` file, by role (the keys of :data:`FILES`).
+    """
+
+    name: str
+    title: str
+    mean: float
+    std: float
+    mirrors: tuple[str, ...]
+    md5: Mapping[str, str]
+
+
+DATASETS: Mapping[str, Dataset] = {
+    "mnist": Dataset("mnist", "MNIST", 0.1307, 0.3081, MIRRORS, MD5),
+    # Zalando Research's release (MIT licence); mean/std of its training set.
+    "fashion-mnist": Dataset(
+        "fashion-mnist",
+        "Fashion-MNIST",
+        0.2860,
+        0.3530,
+        (
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        ),
+        {
+            "train_images": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train_labels": "25c81989df183df01b3e8a0aad5dffbe",
+            "test_images": "bef4ecab320f06d8554ea6380940ec79",
+            "test_labels": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+    ),
+}
+"""The datasets ``--dataset`` knows, by name."""
+
+
+def get_dataset(name: str) -> Dataset:
+    """The dataset called ``name``, or an error listing the known names."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        known = ", ".join(DATASETS)
+        raise DataError(f"Unknown dataset {name!r}; choose one of: {known}.") from None
+
 
 _CHUNK = 1 << 16
 # Some mirrors refuse urllib's default user agent.
@@ -93,18 +155,21 @@ class MnistData:
         return int(self.train_images.shape[1] * self.train_images.shape[2])
 
 
-def default_data_dir() -> Path:
+def default_data_dir(dataset: str = "mnist") -> Path:
     """The folder used when none is given.
 
-    ``$TORCHKRON_DATA`` if set, else ``$XDG_CACHE_HOME/torchkron/mnist``, else
-    ``~/.cache/torchkron/mnist``.
+    For MNIST: ``$TORCHKRON_DATA`` if set, else ``$XDG_CACHE_HOME/torchkron/mnist``, else
+    ``~/.cache/torchkron/mnist``. Another dataset gets its own cache folder
+    (``.../torchkron/fashion-mnist``); ``$TORCHKRON_DATA`` names MNIST's folder only, so
+    that it never feeds MNIST to a run that asked for another dataset.
     """
-    if env := os.environ.get("TORCHKRON_DATA"):
+    name = get_dataset(dataset).name
+    if name == "mnist" and (env := os.environ.get("TORCHKRON_DATA")):
         return Path(env).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME", "")
     # The XDG spec says to ignore a relative XDG_CACHE_HOME.
     base = Path(cache) if cache and Path(cache).is_absolute() else Path.home() / ".cache"
-    return base / "torchkron" / "mnist"
+    return base / "torchkron" / name
 
 
 def find_files(data_dir: Path) -> dict[str, Path] | None:
@@ -150,33 +215,46 @@ def load_mnist(
     data_dir: Path | None = None,
     *,
     download: bool = True,
-    mirrors: Sequence[str] = MIRRORS,
+    mirrors: Sequence[str] | None = None,
     timeout: float = 30.0,
     progress: Callable[[str], None] | None = None,
+    dataset: str = "mnist",
 ) -> MnistData:
     """Load an MNIST-format dataset, downloading it first if the folder is empty.
 
     Args:
-        data_dir: folder holding the four files; ``None`` means :func:`default_data_dir`.
-        download: download the official files if the folder holds none of them.
-        mirrors: base URLs to download from, tried in order.
+        data_dir: folder holding the four files; ``None`` means
+            :func:`default_data_dir` of ``dataset``.
+        download: download the official files of ``dataset`` if the folder holds none of
+            them.
+        mirrors: base URLs to download from, tried in order (default: the dataset's).
         timeout: socket timeout in seconds for each download request.
         progress: called with a one-line message for each step (e.g. ``print``).
+        dataset: which dataset (a key of :data:`DATASETS`) a download fetches and the
+            default folder holds; local files are read whatever they hold.
 
     Raises:
         DataError: the files are missing (and not downloadable), damaged, or
-            inconsistent with each other.
+            inconsistent with each other; ``dataset`` is unknown.
     """
-    data_dir = default_data_dir() if data_dir is None else Path(data_dir)
+    info = get_dataset(dataset)
+    data_dir = default_data_dir(info.name) if data_dir is None else Path(data_dir)
     paths = find_files(data_dir)
     if paths is None:
         if not download:
             raise DataError(
-                f"No MNIST files were found in {data_dir} (looked for "
+                f"No {info.title} files were found in {data_dir} (looked for "
                 f"{', '.join(f'{n}[.gz]' for n in FILES.values())}). Pass --data-dir to a "
                 "folder that has them, set TORCHKRON_DATA to one, or allow the download."
             )
-        download_mnist(data_dir, mirrors=mirrors, timeout=timeout, progress=progress)
+        download_mnist(
+            data_dir,
+            mirrors=info.mirrors if mirrors is None else mirrors,
+            timeout=timeout,
+            progress=progress,
+            # MNIST's sums: download_mnist's default, the module's MD5, read at call time.
+            md5=None if info.name == "mnist" else info.md5,
+        )
         paths = find_files(data_dir)
         if paths is None:  # pragma: no cover - download_mnist raises instead
             raise DataError(f"The MNIST download into {data_dir} produced no files.")

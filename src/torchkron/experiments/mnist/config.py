@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Any
 
 from torchkron.experiments.common.config import ConfigDict, check_at_least_one
 from torchkron.experiments.common.errors import UserError
@@ -28,6 +29,15 @@ class TrainConfig(ConfigDict):
         train_limit: use only the first N training images (0: all); for smoke tests.
         test_limit: use only the first N test images (0: all).
         threads: torch intra-op threads of the run (0: leave torch's default).
+        dataset: which MNIST-format dataset the run trains on (a key of
+            :data:`~torchkron.experiments.data.mnist.DATASETS`); ``mean``/``std`` must be
+            given to match it (:func:`~torchkron.experiments.mnist.options.recipe_for`).
+        permute_pixels: seed of one fixed random permutation of the pixels, applied to the
+            training and test images alike (``None``: the images as they are).
+
+    ``dataset`` and ``permute_pixels`` appear in :meth:`to_dict` only when they differ from
+    their defaults, so the configs (and the run files) of plain MNIST runs read as they
+    did before these fields existed.
     """
 
     epochs: int = 35
@@ -42,6 +52,8 @@ class TrainConfig(ConfigDict):
     train_limit: int = 0
     test_limit: int = 0
     threads: int = 1
+    dataset: str = "mnist"
+    permute_pixels: int | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -67,3 +79,31 @@ class TrainConfig(ConfigDict):
             raise UserError(f"--eps must be positive, got {self.eps}.")
         if not self.std > 0:
             raise UserError(f"--std must be positive, got {self.std}.")
+        if self.permute_pixels is not None and (
+            isinstance(self.permute_pixels, bool)
+            or not isinstance(self.permute_pixels, int)
+            or self.permute_pixels < 0
+        ):
+            raise UserError(
+                f"--permute-pixels must be a whole number 0 or more (the permutation's "
+                f"seed), got {self.permute_pixels!r}."
+            )
+        from torchkron.experiments.data.mnist import DATASETS
+
+        if self.dataset not in DATASETS:
+            raise UserError(
+                f"--dataset {self.dataset!r} is not a known dataset; choose one of: "
+                f"{', '.join(DATASETS)}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        # Left out at their defaults: plain MNIST configs stay byte-identical to those
+        # written before the fields existed (committed results, resumed runs).
+        for name, default in _OPTIONAL_DEFAULTS.items():
+            if data[name] == default:
+                del data[name]
+        return data
+
+
+_OPTIONAL_DEFAULTS: dict[str, object] = {"dataset": "mnist", "permute_pixels": None}

@@ -129,11 +129,16 @@ def plot_curves(summary: Summary, out_dir: Path) -> list[Path]:
     variants = [v for v in summary["variants"] if v["curves"]["epoch"]]
     if not variants:
         raise UserError("The summary has no variant with a finished epoch: nothing to plot.")
+    from torchkron.experiments.mnist.against import data_title
+
+    title = data_title(summary)  # "MNIST", "Fashion-MNIST", "MNIST, pixels permuted (seed 0)"
     plots = {
         ACCURACY_PLOT: _figure(
-            variants, "test_accuracy", "test accuracy (%)", "MNIST test accuracy", log=False
+            variants, "test_accuracy", "test accuracy (%)", f"{title} test accuracy", log=False
         ),
-        LOSS_PLOT: _figure(variants, "test_loss", "test loss (NLL)", "MNIST test loss", log=True),
+        LOSS_PLOT: _figure(
+            variants, "test_loss", "test loss (NLL)", f"{title} test loss", log=True
+        ),
     }
     paths = []
     for name, data in plots.items():

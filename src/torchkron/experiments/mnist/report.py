@@ -51,12 +51,23 @@ class SummaryFiles:
         return f"wrote {self.summary}, {self.markdown}" + (f" and {self.plot}" if self.plot else "")
 
 
-def write_report(out_dir: Path, *, plots: bool = True) -> ReportPaths:
-    """Summarise the complete runs in ``out_dir/runs`` into ``out_dir``; return the paths."""
+def write_report(out_dir: Path, *, plots: bool = True, baseline: Path | None = None) -> ReportPaths:
+    """Summarise the complete runs in ``out_dir/runs`` into ``out_dir``; return the paths.
+
+    With ``baseline`` (another reproduce folder, e.g. plain MNIST), the summary and
+    ``results.md`` gain the comparison of :mod:`~torchkron.experiments.mnist.against`,
+    computed from the baseline's run files. ``out_dir/filters.npz``, where present, is
+    drawn as ``filters.png`` (:mod:`~torchkron.experiments.mnist.filters`).
+    """
     records = load_complete_runs(out_dir, "reproduce")
     summary = summarize(records)
     summary["sessions"] = load_sessions(out_dir)
     summary["reproduction_session"] = reproduction_session(summary["sessions"], records)
+    if baseline is not None:
+        from torchkron.experiments.mnist.against import against
+
+        base = summarize(load_complete_runs(baseline, "reproduce"))
+        summary["against"] = against(summary, base, baseline.as_posix())
     summary_path = save_summary(out_dir, summary)
     results_path = write_results_md(out_dir, summary)
     plot_paths: tuple[Path, ...] = ()
@@ -65,6 +76,10 @@ def write_report(out_dir: Path, *, plots: bool = True) -> ReportPaths:
         from torchkron.experiments.mnist.plots import plot_curves
 
         plot_paths = tuple(plot_curves(summary, out_dir))
+        from torchkron.experiments.mnist.filters import FILTERS_FILE, draw_filters
+
+        if (out_dir / FILTERS_FILE).is_file():
+            plot_paths += (draw_filters(out_dir / FILTERS_FILE),)
     return ReportPaths(summary_path, results_path, plot_paths)
 
 

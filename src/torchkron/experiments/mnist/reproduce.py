@@ -67,7 +67,7 @@ def reproduce(
     """Train every variant x seed, write the report and compare it with ``reference``."""
     specs = resolve_variants(variants)
     jobs = [Job(spec, seed) for spec in specs for seed in range(seeds)]
-    with open_session(jobs, options, LOG_FILE) as (progress, mnist):
+    with open_session(jobs, options, LOG_FILE, dataset=config.dataset) as (progress, mnist):
         # A piped session prints a line per finished run only (minutes apart): say where
         # the line per epoch goes, so that it can be followed from the start.
         log = options.out_dir / LOG_FILE
@@ -145,7 +145,7 @@ def _record_wall_time(options: RunOptions, started_at: str, wall: float, runs: i
 def train_one(*, variant: str, seed: int, config: TrainConfig, options: RunOptions) -> RunRecord:
     """One run of one variant (``torchkron train``), in this process."""
     job = Job(get_variant(variant), seed)
-    with open_session([job], options, "train.log") as (progress, mnist):
+    with open_session([job], options, "train.log", dataset=config.dataset) as (progress, mnist):
         track(progress, [job], options.out_dir, config.epochs)
         (record,) = run_jobs([job], config, replace(options, workers=1), mnist, progress=progress)
         return record

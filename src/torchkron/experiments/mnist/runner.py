@@ -159,7 +159,7 @@ def check_dataset(mnist: MnistData) -> None:
 
 @contextlib.contextmanager
 def open_session(
-    jobs: Sequence[Job], options: RunOptions, log_name: str
+    jobs: Sequence[Job], options: RunOptions, log_name: str, *, dataset: str = "mnist"
 ) -> Iterator[tuple[Progress, MnistData]]:
     """A command's training session, as a context manager.
 
@@ -167,7 +167,8 @@ def open_session(
     gets a clear error), refuses to overwrite runs unless resuming, opens the progress log
     (its first line is the exact command) and loads the data. The data are loaded (and if
     needed downloaded) and checked here, before any training, so a data problem stops the
-    command before it has done any work.
+    command before it has done any work. ``dataset`` names what an empty data folder
+    downloads (and the default folder).
     """
     check_out_dir(options.out_dir)
     with FolderLock(options.out_dir, options.command):
@@ -176,7 +177,9 @@ def open_session(
             0, quiet=options.quiet, log_path=options.out_dir / log_name, workers=options.workers
         )
         progress.message(f"$ {options.command}")
-        mnist = load_mnist(options.data_dir, download=options.download, progress=progress.log)
+        mnist = load_mnist(
+            options.data_dir, download=options.download, progress=progress.log, dataset=dataset
+        )
         check_dataset(mnist)
         yield progress, mnist
 
@@ -215,7 +218,9 @@ def _init_worker(events: Any, stop: Any, data_dir: Path | None, config: TrainCon
     _WORKER["stop_event"] = stop
     if stop.is_set():
         return  # stopping already: load nothing, every job is refused
-    _WORKER["data"] = prepare_data(load_mnist(data_dir, download=False), config)
+    _WORKER["data"] = prepare_data(
+        load_mnist(data_dir, download=False, dataset=config.dataset), config
+    )
 
 
 def _train_job(

@@ -253,7 +253,7 @@ def run_sweep(
     from torchkron.experiments.mnist.runner import Job, open_session, run_jobs, track
 
     jobs = [Job(spec, seed) for spec in specs for seed in range(seeds)]
-    with open_session(jobs, options, LOG_FILE) as (progress, mnist):
+    with open_session(jobs, options, LOG_FILE, dataset=config.dataset) as (progress, mnist):
         done = track(progress, jobs, options.out_dir, config.epochs)
         progress.message(
             f"data: {mnist.source}; {len(specs)} configs x {seeds} seed(s) x {config.epochs} "

@@ -172,9 +172,13 @@ def _sessions(summary: Summary) -> list[str]:
 
 def results_markdown(summary: Summary) -> str:
     """``results.md`` for ``summary``: setup line, table, findings, warnings, wall time."""
+    from torchkron.experiments.mnist.against import against_markdown, data_title
+
     wall = float(summary["wall_seconds"])
+    title = data_title(summary) if summary["variants"] else "MNIST"
+    against = summary.get("against")
     lines = [
-        "# torchkron: Kronecker-factored MLPs on MNIST (784 -> 625 -> 10)",
+        f"# torchkron: Kronecker-factored MLPs on {title} (784 -> 625 -> 10)",
         "",
         _setup_line(summary),
         "",
@@ -185,6 +189,7 @@ def results_markdown(summary: Summary) -> str:
         "",
         *_findings(summary),
         "",
+        *(against_markdown(against, verdict) if against else []),
         *_warnings(summary),
         f"Training time: {format_duration(wall)} ({wall:,.0f} s summed over "
         f"{summary['runs']} runs).",

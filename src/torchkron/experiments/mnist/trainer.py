@@ -12,7 +12,7 @@ import math
 import pickle
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from torchkron.experiments.common.runs import (
     record_problem,
 )
 from torchkron.experiments.data.mnist import MnistData
+from torchkron.experiments.data.permute import permute_pixels, pixel_permutation
 from torchkron.experiments.mnist.config import TrainConfig
 from torchkron.experiments.mnist.optim import FlatAdadelta
 from torchkron.experiments.mnist.variants import MLPSpec, build_mlp
@@ -60,11 +61,21 @@ class Prepared:
 
 
 def prepare_data(data: MnistData, config: TrainConfig) -> Prepared:
-    """Scale to [0, 1], normalise with the config's mean/std, flatten, apply limits."""
+    """Scale to [0, 1], normalise with the config's mean/std, flatten, apply limits.
+
+    With ``config.permute_pixels`` set, the flat images of both splits are reordered by the
+    same :func:`~torchkron.experiments.data.permute.pixel_permutation`.
+    """
+    pixels = data.train_images.shape[1] * data.train_images.shape[2]
+    perm = None
+    if config.permute_pixels is not None:
+        perm = pixel_permutation(config.permute_pixels, pixels)
 
     def norm(images: Tensor, limit: int) -> Tensor:
         images = images[:limit] if limit else images
-        x = images.reshape(images.shape[0], -1).to(torch.float32).div_(255.0)
+        x = images.reshape(images.shape[0], -1).to(torch.float32).div_(255.0)  # (N, H*W)
+        if perm is not None:
+            x = permute_pixels(x, perm)
         return x.sub_(config.mean).div_(config.std)
 
     def lim(labels: Tensor, limit: int) -> Tensor:
@@ -359,11 +370,9 @@ def _check_same(record: RunRecord, config: TrainConfig, where: Path) -> None:
             "redo that run."
         ) from None
     if saved != config:
-        diff = {
-            k: (v, config.to_dict()[k])
-            for k, v in saved.to_dict().items()
-            if v != config.to_dict()[k]
-        }
+        # Every field, also those to_dict leaves out at their defaults.
+        now = asdict(config)
+        diff = {k: (v, now[k]) for k, v in asdict(saved).items() if v != now[k]}
         changes = ", ".join(f"{k}: saved {a} vs now {b}" for k, (a, b) in diff.items())
         raise UserError(
             f"{where} was trained with another config ({changes}); use a different --out "
