@@ -6,12 +6,14 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from torchkron.experiments.common.checkpoints import RunPaths, save_torch
 from torchkron.experiments.common.errors import UserError
 from torchkron.experiments.common.files import atomic_write_json, atomic_write_text
 from torchkron.experiments.common.runs import check_run_name, run_filename
+from torchkron.experiments.data.idx import write_idx
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
@@ -22,9 +24,10 @@ def test_atomic_writes_respect_the_umask(tmp_path: Path, umask: int, mode: int) 
         atomic_write_text(tmp_path / "results.md", "# r\n")
         save_torch(tmp_path / "models" / "m.pt", {"x": 1})
         atomic_write_text(tmp_path / "results.md", "# rewritten\n")  # replacing keeps the rule
+        write_idx(tmp_path / "images.gz", np.zeros((2, 3, 3), dtype=np.uint8))  # data files too
     finally:
         os.umask(old)
-    for name in ("summary.json", "results.md", "models/m.pt"):
+    for name in ("summary.json", "results.md", "models/m.pt", "images.gz"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
     assert (tmp_path / "results.md").read_text() == "# rewritten\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporaries

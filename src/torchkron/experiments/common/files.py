@@ -17,6 +17,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "create_temporary",
     "dumps_json",
     "json_safe",
     "write_error",
@@ -44,7 +45,7 @@ def write_error(path: Path, exc: OSError) -> OutputError:
     return OutputError(f"Could not write {path}{f' ({where})' if where else ''}: {cause}. {fix}")
 
 
-def _create_temporary(path: Path) -> tuple[int, Path]:
+def create_temporary(path: Path, suffix: str = ".tmp") -> tuple[int, Path]:
     """A new, empty hidden file next to ``path``, open for writing.
 
     Created with mode 0o666 so that the process's umask applies, as for any file that
@@ -53,7 +54,7 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
@@ -70,7 +71,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _create_temporary(path)
+        fd, tmp = create_temporary(path)
     except OSError as exc:
         raise write_error(path, exc) from None
     try:

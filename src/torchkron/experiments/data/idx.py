@@ -13,7 +13,6 @@ import gzip
 import io
 import math
 import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from torchkron.experiments.common.errors import DataError
+from torchkron.experiments.common.files import create_temporary
 
 __all__ = ["UBYTE", "read_idx", "write_idx"]
 
@@ -242,8 +242,7 @@ def write_idx(path: Path, array: npt.NDArray[Any], *, compress: bool | None = No
     header = bytes([0, 0, UBYTE, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
     data = np.ascontiguousarray(array).reshape(-1)
 
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
+    fd, tmp = create_temporary(path)  # umask applies, unlike mkstemp's 0o600
     try:
         with os.fdopen(fd, "wb") as f:
             if compress:

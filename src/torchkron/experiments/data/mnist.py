@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import numpy.typing as npt
 import torch
 
 from torchkron.experiments.common.errors import DataError
+from torchkron.experiments.common.files import create_temporary
 from torchkron.experiments.data.idx import read_idx
 
 __all__ = [
@@ -385,8 +385,7 @@ def _fetch(
         url += filename
         if progress is not None:
             progress(f"Downloading {url}")
-        fd, part_name = tempfile.mkstemp(dir=dest, prefix=f".{filename}.", suffix=".part")
-        part = Path(part_name)
+        fd, part = create_temporary(dest / filename, ".part")  # umask applies
         try:
             with os.fdopen(fd, "wb") as out:
                 digest = _stream(url, out, timeout)
