@@ -367,3 +367,26 @@ def test_three_seeds_keep_the_plain_verdict(tmp_path: Path) -> None:
     f = by_id(summary_of(tmp_path, HOLDING))
     assert all("seed_noise" not in x for x in f.values())
     assert "not measured" not in report_text(summary_of(tmp_path / "again", HOLDING))
+
+
+def _variant(name: str, finals: list[float], weights: int) -> dict[str, object]:
+    import statistics
+
+    std = statistics.stdev(finals) if len(finals) > 1 else 0.0
+    return {
+        "name": name,
+        "weights": weights,
+        "seeds": list(range(len(finals))),
+        "test_accuracy": {"mean": statistics.fmean(finals), "std": std},
+    }
+
+
+def test_frontier_comparisons_from_single_seeds_say_noise_was_not_measured() -> None:
+    from torchkron.experiments.mnist.frontier import _short
+
+    one = _short(_variant("kron", [97.5], 1400), _variant("dense", [93.0], 1600))
+    assert one == (
+        "kron vs dense: +4.50 pp (seed noise not measured (n = 1)), 1,400 vs 1,600 weights"
+    )
+    three = _short(_variant("kron", [97.5, 97.6, 97.4], 1400), _variant("dense", [93.0] * 3, 1600))
+    assert three == "kron vs dense: +4.50 pp (beyond seed noise), 1,400 vs 1,600 weights"

@@ -27,7 +27,7 @@ from typing import Any
 from torchkron.experiments.common.errors import UserError
 from torchkron.experiments.common.files import atomic_write_bytes, atomic_write_text
 from torchkron.experiments.common.runs import load_complete_runs
-from torchkron.experiments.mnist.findings import NOISE_FACTOR, compare
+from torchkron.experiments.mnist.findings import NOISE_FACTOR, NOT_MEASURED, compare
 from torchkron.experiments.mnist.report import SummaryFiles
 from torchkron.experiments.mnist.summary import save_summary, summarize
 from torchkron.experiments.mnist.tables import format_duration
@@ -195,8 +195,11 @@ def _budget_rows(variants: Sequence[Variant]) -> list[dict[str, Any]]:
 def _short(a: Variant, b: Variant) -> str:
     c = compare(a, b)
     where = "beyond" if c.beyond_noise else "within"
+    noise = (
+        f"{where} seed noise" if c.noise_measured else f"seed noise not measured ({NOT_MEASURED})"
+    )
     return (
-        f"{a['name']} vs {b['name']}: {c.diff:+.2f} pp ({where} seed noise), "
+        f"{a['name']} vs {b['name']}: {c.diff:+.2f} pp ({noise}), "
         f"{a['weights']:,} vs {b['weights']:,} weights"
     )
 
