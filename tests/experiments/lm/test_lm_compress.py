@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,18 +17,6 @@ from torchkron.experiments.lm.compress import (
 )
 from torchkron.experiments.lm.distill import DistillConfig, DistillJob, distill_run
 from torchkron.experiments.lm.gpt import GPT, GPTSpec
-
-WORDS = ["to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis"]
-
-
-@pytest.fixture
-def text_dir(tmp_path: Path) -> Path:
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randint(len(WORDS), (1500,), generator=g).tolist()
-    folder = tmp_path / "text"
-    folder.mkdir()
-    (folder / "input.txt").write_text(" ".join(WORDS[i] for i in idx) + "\n")
-    return folder
 
 
 def test_study_budgets_are_the_gpt_study_configs():
