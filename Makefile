@@ -109,6 +109,8 @@ results: $(STAMP)
 	$(BIN)/torchkron report results/fashion-mnist --baseline results/mnist
 	$(BIN)/torchkron sweep --out results/sweep --report-only
 	$(BIN)/torchkron compress --out results/compress --report-only
+	$(BIN)/torchkron lm report results/lm
+	$(MAKE) lm-compress-report
 	$(MAKE) readme
 
 # The generated blocks of README.md and docs/*.md, and benchmarks/results/headline.md
