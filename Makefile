@@ -23,7 +23,7 @@ DATA_ARG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 LM_DATA_DIR ?= $(if $(wildcard ../shared/data/tinyshakespeare),../shared/data/tinyshakespeare,)
 LM_DATA_ARG := $(if $(LM_DATA_DIR),--data-dir $(LM_DATA_DIR),)
 
-.PHONY: venv test lint typecheck check check-wheel reproduce report results readme bench sweep compress lm lm-report lm-compress lm-compress-report clean
+.PHONY: venv test lint typecheck check check-wheel reproduce report results readme bench sweep compress lm lm-report lm-v2 lm-v2-report lm-compress lm-compress-report clean
 
 venv: $(STAMP)
 
@@ -94,6 +94,14 @@ lm: $(STAMP)
 
 lm-report: $(STAMP)
 	$(BIN)/torchkron lm report results/lm
+
+# The GPT study again (docs/lm.md, issue 18): structure-aware learning rates (dense
+# parameters at the first study's dense rate), 3 seeds, equal-compute Kronecker; resumable.
+lm-v2: $(STAMP)
+	$(BIN)/torchkron lm sweep --study v2 --out results/lm-v2 --resume --jobs 2 --threads 1 $(LM_DATA_ARG) $(ARGS)
+
+lm-v2-report: $(STAMP)
+	$(BIN)/torchkron lm report results/lm-v2 --first-study results/lm
 
 # Compressing the trained dense GPT (docs/lm-compress.md): students converted from the
 # teacher, distilled, 3 seeds; resumable (finished runs are kept).
