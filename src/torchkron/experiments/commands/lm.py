@@ -3,7 +3,9 @@
 - ``torchkron lm train``: one (config, seed), structure of each layer group from
   ``--attn`` / ``--mlp`` (``dense``, ``kron:k2:r4``, ``lowrank:r4``, ``monarch:b32``).
 - ``torchkron lm sweep``: the CPU study (:mod:`torchkron.experiments.lm.schedule`):
-  learning-rate sweeps per structure family, then every config with 3 seeds.
+  learning-rate sweeps per structure family, then every config with 3 seeds;
+  ``--study v2`` (:mod:`torchkron.experiments.lm.schedule_v2`): the same without its
+  learning-rate confound (structure-aware rates), plus an equal-compute Kronecker model.
 - ``torchkron lm report DIR``: table, frontier plots and findings from ``DIR/runs``.
 
 Heavy imports (torch, matplotlib) happen only when a subcommand runs.
