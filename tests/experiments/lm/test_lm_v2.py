@@ -202,3 +202,15 @@ def test_report_of_no_runs_lists_everything_missing() -> None:
     summary = summarize_v2([], [])
     assert len(summary["missing"]) == 39
     assert all(f["v2"]["text"].startswith("not measured") for f in summary["findings"])
+
+
+def test_first_study_report_regenerates_byte_identically(tmp_path: Path) -> None:
+    import shutil
+
+    first = ROOT / "results/lm"
+    shutil.copytree(first / "runs", tmp_path / "runs")
+    shutil.copy(first / "step_bench.json", tmp_path / "step_bench.json")
+    assert main(["lm", "report", str(tmp_path), "--no-plots"]) == 0
+    for name in ("results.md", "summary.json"):
+        assert (tmp_path / name).read_bytes() == (first / name).read_bytes(), name
+    assert not (tmp_path / "headline.md").exists()  # the v1 report, not v2's

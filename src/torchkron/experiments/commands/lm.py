@@ -348,17 +348,17 @@ def _sweep(args: argparse.Namespace, progress: Any) -> int:
     )
     progress.message("all runs done; writing the report")
     if not args.no_report:
-        from torchkron.experiments.lm.report import write_report
+        from torchkron.experiments.lm.report_v2 import write_any_report
 
-        for path in write_report(args.out, plots=not args.no_plots, first=args.first_study):
+        for path in write_any_report(args.out, plots=not args.no_plots, first=args.first_study):
             progress.message(f"wrote {path}")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from torchkron.experiments.lm.report import write_report
+    from torchkron.experiments.lm.report_v2 import write_any_report
 
-    for path in write_report(args.dir, plots=not args.no_plots, first=args.first_study):
+    for path in write_any_report(args.dir, plots=not args.no_plots, first=args.first_study):
         print(f"wrote {path}")
     return 0
 

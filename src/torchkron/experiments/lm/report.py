@@ -530,19 +530,9 @@ def load_step_bench(out_dir: Path) -> dict[str, float]:
         ) from exc
 
 
-def write_report(out_dir: Path, *, plots: bool = True, first: Path | None = None) -> list[Path]:
-    """Write ``summary.json``, ``results.md`` and (with ``plots``) the two frontier PNGs.
-
-    A folder of the second study (run files with ``extra.study == "v2"``) gets
-    :func:`torchkron.experiments.lm.report_v2.write_report_v2`'s report instead, with the
-    first study read from ``first`` (default ``results/lm``).
-    """
-    records = load_lm_runs(out_dir)
-    if any(r.get("extra", {}).get("study") == "v2" for r in records):
-        from torchkron.experiments.lm.report_v2 import write_report_v2
-
-        return write_report_v2(out_dir, first if first is not None else Path("results/lm"))
-    summary = summarize(records)
+def write_report(out_dir: Path, *, plots: bool = True) -> list[Path]:
+    """Write ``summary.json``, ``results.md`` and (with ``plots``) the two frontier PNGs."""
+    summary = summarize(load_lm_runs(out_dir))
     summary["step_bench"] = load_step_bench(out_dir)
     paths = [out_dir / "summary.json", out_dir / "results.md"]
     atomic_write_json(paths[0], summary)

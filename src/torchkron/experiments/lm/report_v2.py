@@ -25,11 +25,12 @@ from torchkron.experiments.lm.report import (
     compare,
     load_lm_runs,
     summarize,
+    write_report,
 )
 from torchkron.experiments.lm.schedule_v2 import study_configs_v2
 from torchkron.experiments.lm.trainer import final_score
 
-__all__ = ["report_v2_markdown", "summarize_v2", "write_report_v2"]
+__all__ = ["report_v2_markdown", "summarize_v2", "write_any_report", "write_report_v2"]
 
 #: The tables of the report: (title, configs), each compared with ``dense``.
 SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -414,3 +415,12 @@ def write_report_v2(out_dir: Path, first: Path) -> list[Path]:
     atomic_write_text(paths[1], report_v2_markdown(summary))
     atomic_write_text(paths[2], headline_markdown(summary))
     return paths
+
+
+def write_any_report(out_dir: Path, *, plots: bool = True, first: Path | None = None) -> list[Path]:
+    """The report a folder's run files call for: the second study's (run files with
+    ``extra.study == "v2"``; the first study read from ``first``, default ``results/lm``)
+    or the first study's (:func:`torchkron.experiments.lm.report.write_report`)."""
+    if any(r.get("extra", {}).get("study") == "v2" for r in load_lm_runs(out_dir)):
+        return write_report_v2(out_dir, first if first is not None else Path("results/lm"))
+    return write_report(out_dir, plots=plots)
