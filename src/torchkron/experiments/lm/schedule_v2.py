@@ -28,7 +28,6 @@ study's comparisons are within one set of run files, one machine state and one s
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -46,8 +45,9 @@ from torchkron.experiments.lm.schedule import (
     StudyPlan,
     _cfg,
     _extra,
-    format_lr,
-    sweep_name,
+    select_configs,
+    sweep_jobs,
+    sweep_recipe,
 )
 from torchkron.experiments.lm.trainer import LMJob
 
@@ -183,38 +183,21 @@ def study_plan_v2(
         extend: extra sweep points allowed per family past an end of the grid.
     """
     spec = GPTSpec(vocab_size=vocab_size, **dict(model or {}))
-    configs = study_configs_v2(spec)
-    for pattern in only:
-        if not any(fnmatch.fnmatchcase(c.name, pattern) for c in configs):
-            names = ", ".join(c.name for c in configs)
-            raise UserError(f"--only {pattern!r} matches no config; the configs are: {names}.")
-    if only:
-        configs = [c for c in configs if any(fnmatch.fnmatchcase(c.name, p) for p in only)]
+    configs = select_configs(study_configs_v2(spec), only)
     recipe = base.with_(optimizer="structure-aware", dense_lr=dense_lr)
-    sweep_cfg = recipe.with_(
-        iters=sweep_iters,
-        lr_decay_iters=0,
-        warmup_iters=min(recipe.warmup_iters, max(0, sweep_iters // 5)),
-        eval_interval=min(recipe.eval_interval, sweep_iters),
-        min_lr=0.0,
-    )
     by_name = {c.name: c for c in study_configs_v2(spec)}
-    families = [f for f in STRUCTURED_FAMILIES if any(c.family == f for c in configs)]
-    sweep: list[LMJob] = []
-    for fam in families:
-        rep = by_name[REPRESENTATIVES[fam]]
-        for lr in lrs:
-            sweep.append(
-                LMJob(
-                    sweep_name(rep.name, lr),
-                    rep.spec,
-                    sweep_cfg.with_(lr=lr),
-                    0,
-                    family=rep.family,
-                    description=f"{rep.description}; base-rate sweep at {format_lr(lr)}",
-                    extra=_extra(rep, "lr-sweep", base_config=rep.name, study="v2"),
-                )
-            )
+    sweep = [
+        job
+        for fam in STRUCTURED_FAMILIES
+        if any(c.family == fam for c in configs)
+        for job in sweep_jobs(
+            by_name[REPRESENTATIVES[fam]],
+            sweep_recipe(recipe, sweep_iters),
+            lrs,
+            "base-rate sweep",
+            study="v2",
+        )
+    ]
     main: list[PlannedJob] = []
     for c in configs:
         structured = c.family in STRUCTURED_FAMILIES
