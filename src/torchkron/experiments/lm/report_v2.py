@@ -21,6 +21,7 @@ from torchkron.experiments.lm.gpt import GPTSpec
 from torchkron.experiments.lm.report import (
     SE_FACTOR,
     SEEDS,
+    _fmt_cmp,
     _numbers,
     compare,
     load_lm_runs,
@@ -138,13 +139,7 @@ def _cmp(rows: Sequence[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
     if ra is None or rb is None:
         missing = ", ".join(n for n, r in ((a, ra), (b, rb)) if r is None)
         return {"measured": False, "text": f"not measured (no finished run: {missing})"}
-    c = compare(ra["val_losses"], rb["val_losses"])
-    se = f", SE {c['se']:.3f}" if c["se"] is not None else ""
-    n = f"n = {len(ra['val_losses'])} vs {len(rb['val_losses'])}"
-    text = (
-        f"{a} {ra['val_mean']:.3f} vs {b} {rb['val_mean']:.3f}: gap {c['gap']:+.3f}{se} "
-        f"({n}) -> {c['verdict']}"
-    )
+    text, c = _fmt_cmp(ra, rb)
     return {"measured": True, "text": text, **c}
 
 

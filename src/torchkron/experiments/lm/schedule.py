@@ -317,24 +317,43 @@ def study_plan(
         for fam in families
         for job in sweep_jobs(by_name[REPRESENTATIVES[fam]], sweep_cfg, lrs, "lr sweep")
     ]
-    main: list[PlannedJob] = []
-    for c in configs:
-        for seed in range(min(seeds, c.max_seeds) if c.max_seeds else seeds):
-            job = LMJob(
+    main = [
+        planned
+        for c in configs
+        for planned in main_jobs(
+            c,
+            base,
+            min(seeds, c.max_seeds) if c.max_seeds else seeds,
+            None if c.fixed_lr else LR_FAMILY.get(c.family, c.family),
+        )
+    ]
+    main.sort(key=lambda p: p.order)
+    return StudyPlan(sweep, main, extend)
+
+
+def main_jobs(
+    c: LMConfigSpec, recipe: LMConfig, seeds: int, lr_family: str | None, **extra: Any
+) -> list[PlannedJob]:
+    """Seeds ``0 .. seeds - 1`` of config ``c``; ``lr_family`` set: at that family's best
+    rate once its sweep has finished. Ordered within a tier by seed, then priority: seed
+    0 of every config, then seed 1 of every config, ..., so that an interrupted study has
+    as many seeds of each config as possible."""
+    return [
+        PlannedJob(
+            LMJob(
                 c.name,
                 c.spec,
-                base,
+                recipe,
                 seed,
                 family=c.family,
                 description=c.description,
-                extra=_extra(c, "main"),
-            )
-            # Within a tier: seed 0 of every config, then seed 1 of every config, ...: an
-            # interrupted study has as many seeds of each config as possible.
-            lr_family = None if c.fixed_lr else LR_FAMILY.get(c.family, c.family)
-            main.append(PlannedJob(job, lr_family, (c.priority // 10, seed, c.priority)))
-    main.sort(key=lambda p: p.order)
-    return StudyPlan(sweep, main, extend)
+                extra=_extra(c, "main", **extra),
+            ),
+            lr_family,
+            (c.priority // 10, seed, c.priority),
+        )
+        for seed in range(seeds)
+    ]
 
 
 def _extra(c: LMConfigSpec, phase: str, **more: Any) -> tuple[tuple[str, Any], ...]:

@@ -41,15 +41,13 @@ from torchkron.experiments.lm.schedule import (
     DEFAULT_SWEEP_ITERS,
     REPRESENTATIVES,
     LMConfigSpec,
-    PlannedJob,
     StudyPlan,
     _cfg,
-    _extra,
+    main_jobs,
     select_configs,
     sweep_jobs,
     sweep_recipe,
 )
-from torchkron.experiments.lm.trainer import LMJob
 
 __all__ = [
     "DENSE_LR",
@@ -198,20 +196,14 @@ def study_plan_v2(
             study="v2",
         )
     ]
-    main: list[PlannedJob] = []
-    for c in configs:
-        structured = c.family in STRUCTURED_FAMILIES
-        for seed in range(seeds):
-            job = LMJob(
-                c.name,
-                c.spec,
-                recipe if structured else recipe.with_(lr=dense_lr),
-                seed,
-                family=c.family,
-                description=c.description,
-                extra=_extra(c, "main", study="v2"),
-            )
-            lr_family = c.family if structured else None
-            main.append(PlannedJob(job, lr_family, (c.priority // 10, seed, c.priority)))
+    main = [
+        planned
+        for c in configs
+        for planned in (
+            main_jobs(c, recipe, seeds, c.family, study="v2")
+            if c.family in STRUCTURED_FAMILIES
+            else main_jobs(c, recipe.with_(lr=dense_lr), seeds, None, study="v2")
+        )
+    ]
     main.sort(key=lambda p: p.order)
     return StudyPlan(sweep, main, extend)
