@@ -214,3 +214,18 @@ def test_first_study_report_regenerates_byte_identically(tmp_path: Path) -> None
     for name in ("results.md", "summary.json"):
         assert (tmp_path / name).read_bytes() == (first / name).read_bytes(), name
     assert not (tmp_path / "headline.md").exists()  # the v1 report, not v2's
+
+
+def test_a_dense_model_trains_identically_in_both_modes(text_dir: Path, tmp_path: Path) -> None:
+    # Why study v2 may compare its dense baselines with the first study's: without
+    # structured layers the structure-aware optimizer is the first study's, step by step.
+    data = load_text(text_dir, download=False, check_md5=False)
+    spec = GPTSpec(vocab_size=data.vocab_size, **SMALL)
+    base = LMConfig(iters=6, eval_interval=3, eval_iters=1, batch_size=4, lr=4e-3)
+    losses = []
+    for i, config in enumerate((base, base.with_(optimizer="structure-aware", dense_lr=4e-3))):
+        record = train_lm(
+            LMJob("d", spec, config, 0), data, LMPaths.under(tmp_path / str(i), "d", 0), command="t"
+        )
+        losses.append(record["history"]["val_loss"] + [record["final"]["val_loss_full"]])
+    assert losses[0] == losses[1]
