@@ -30,7 +30,7 @@ PERMUTED_OUT  ?= runs/mnist-permuted
 FASHION_OUT   ?= runs/fashion-mnist
 
 .PHONY: venv test lint typecheck check check-wheel reproduce report results readme bench sweep \
-	compress lm lm-report lm-compress lm-compress-report clean \
+	compress lm lm-report lm-v2 lm-v2-report lm-compress lm-compress-report clean \
 	reproduce-permuted reproduce-fashion report-permuted report-fashion filters
 
 venv: $(STAMP)
@@ -110,7 +110,7 @@ results: $(STAMP)
 	$(BIN)/torchkron sweep --out results/sweep --report-only
 	$(BIN)/torchkron compress --out results/compress --report-only
 	$(BIN)/torchkron lm report results/lm
-	$(MAKE) lm-compress-report
+	$(MAKE) lm-v2-report lm-compress-report
 	$(MAKE) readme
 
 # The generated blocks of README.md and docs/*.md, and benchmarks/results/headline.md
@@ -133,6 +133,14 @@ lm: $(STAMP)
 
 lm-report: $(STAMP)
 	$(BIN)/torchkron lm report results/lm
+
+# The GPT study again (docs/lm.md, issue 18): structure-aware learning rates (dense
+# parameters at the first study's dense rate), 3 seeds, equal-compute Kronecker; resumable.
+lm-v2: $(STAMP)
+	$(BIN)/torchkron lm sweep --study v2 --out results/lm-v2 --resume --jobs 2 --threads 1 $(LM_DATA_ARG) $(ARGS)
+
+lm-v2-report: $(STAMP)
+	$(BIN)/torchkron lm report results/lm-v2 --first-study results/lm
 
 # Compressing the trained dense GPT (docs/lm-compress.md): students converted from the
 # teacher, distilled, 3 seeds; resumable (finished runs are kept).

@@ -3,7 +3,9 @@
 - ``torchkron lm train``: one (config, seed), structure of each layer group from
   ``--attn`` / ``--mlp`` (``dense``, ``kron:k2:r4``, ``lowrank:r4``, ``monarch:b32``).
 - ``torchkron lm sweep``: the CPU study (:mod:`torchkron.experiments.lm.schedule`):
-  learning-rate sweeps per structure family, then every config with 3 seeds.
+  learning-rate sweeps per structure family, then every config with 3 seeds;
+  ``--study v2`` (:mod:`torchkron.experiments.lm.schedule_v2`): the same without its
+  learning-rate confound (structure-aware rates), plus an equal-compute Kronecker model.
 - ``torchkron lm report DIR``: table, frontier plots and findings from ``DIR/runs``.
 
 Heavy imports (torch, matplotlib) happen only when a subcommand runs.
@@ -19,7 +21,7 @@ from typing import Any
 from torchkron.experiments.commands._lm_shared import add_data, load_data, session
 from torchkron.experiments.common.errors import UserError
 from torchkron.experiments.common.runs import check_run_name
-from torchkron.experiments.lm.config import LMConfig
+from torchkron.experiments.lm.config import OPTIMIZERS, LMConfig
 from torchkron.experiments.options import (
     config_from,
     default_of,
@@ -110,6 +112,22 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--device", default=_default("device"), help="torch device (default %(default)s)"
     )
+    g.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=_default("optimizer"),
+        help="one-rate: every parameter at --lr (the first study); structure-aware: "
+        "non-structured parameters at --dense-lr, factors at --lr x their "
+        "torchkron.lr_multipliers multiplier (default %(default)s; sweep --study v2: "
+        "structure-aware)",
+    )
+    g.add_argument(
+        "--dense-lr",
+        type=non_negative_float,
+        default=None,
+        help="structure-aware: peak lr of the non-structured parameters (default: --lr; "
+        "sweep --study v2: the first study's best dense lr, 4e-3)",
+    )
 
 
 def _add_model(p: argparse.ArgumentParser, *, structures: bool) -> None:
@@ -139,6 +157,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines (log still written)")
 
 
+def _add_first_study(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--first-study",
+        type=Path,
+        default=Path(DEFAULT_OUT),
+        metavar="DIR",
+        help="a v2 study's report: the first study's folder, shown beside it (default %(default)s)",
+    )
+
+
 def _run_name(text: str) -> str:
     """``--name``: a plain file name (it names the run's files inside --out)."""
     try:
@@ -152,7 +180,8 @@ def _default(name: str) -> Any:
 
 
 def _config(args: argparse.Namespace) -> LMConfig:
-    return config_from(LMConfig, args, full_eval=not args.no_full_eval)
+    dense_lr = args.dense_lr if args.dense_lr is not None else _default("dense_lr")
+    return config_from(LMConfig, args, full_eval=not args.no_full_eval, dense_lr=dense_lr)
 
 
 def _model_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -230,8 +259,30 @@ def _train_one(args: argparse.Namespace, name: str, attn: Any, mlp: Any, progres
     return 0
 
 
+def _plan_v2(args: argparse.Namespace, vocab_size: int) -> Any:
+    from torchkron.experiments.lm.schedule_v2 import DENSE_LR, study_plan_v2
+
+    model = _model_overrides(args)
+    if args.n_embd:
+        model["n_embd"] = args.n_embd
+    return study_plan_v2(
+        vocab_size=vocab_size,
+        base=_config(args),
+        model=model,
+        dense_lr=args.dense_lr if args.dense_lr is not None else DENSE_LR,
+        lrs=tuple(args.lrs),
+        sweep_iters=args.sweep_iters,
+        seeds=args.seeds,
+        only=tuple(args.only or ()),
+        extend=args.lr_extend,
+    )
+
+
 def _plan(args: argparse.Namespace, vocab_size: int) -> Any:
     from torchkron.experiments.lm.schedule import study_plan
+
+    if args.study == "v2":
+        return _plan_v2(args, vocab_size)
 
     plan = study_plan(
         vocab_size=vocab_size,
@@ -297,17 +348,17 @@ def _sweep(args: argparse.Namespace, progress: Any) -> int:
     )
     progress.message("all runs done; writing the report")
     if not args.no_report:
-        from torchkron.experiments.lm.report import write_report
+        from torchkron.experiments.lm.report_v2 import write_any_report
 
-        for path in write_report(args.out, plots=not args.no_plots):
+        for path in write_any_report(args.out, plots=not args.no_plots, first=args.first_study):
             progress.message(f"wrote {path}")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from torchkron.experiments.lm.report import write_report
+    from torchkron.experiments.lm.report_v2 import write_any_report
 
-    for path in write_report(args.dir, plots=not args.no_plots):
+    for path in write_any_report(args.dir, plots=not args.no_plots, first=args.first_study):
         print(f"wrote {path}")
     return 0
 
@@ -374,6 +425,15 @@ def add_arguments(lm: argparse.ArgumentParser) -> None:
         "that rate too, up to this many times per family (default %(default)s)",
     )
     p.add_argument("--only", nargs="+", metavar="PATTERN", help="config id patterns to keep")
+    p.add_argument(
+        "--study",
+        choices=("v1", "v2"),
+        default="v1",
+        help="v1: the first study (one rate per model); v2: structure-aware rates, "
+        "3.9%%/7.8%% budgets, Kronecker attention, narrower models, equal compute "
+        "(docs/lm.md; default %(default)s)",
+    )
+    _add_first_study(p)
     p.add_argument("--list", action="store_true", help="print the plan and exit")
     p.add_argument(
         "--jobs",
@@ -403,6 +463,7 @@ def add_arguments(lm: argparse.ArgumentParser) -> None:
     p = sub.add_parser("report", help="table, plots and findings from DIR/runs alone")
     p.add_argument("dir", type=Path, nargs="?", default=Path(DEFAULT_OUT), metavar="DIR")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    _add_first_study(p)
     p.set_defaults(lm_func=_cmd_report)
 
     from torchkron.experiments.commands.lm_compress import add_compress_arguments

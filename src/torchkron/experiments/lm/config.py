@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from torchkron.experiments.common.config import ConfigDict, check_at_least_one
 from torchkron.experiments.common.errors import UserError
 
-__all__ = ["LMConfig"]
+__all__ = ["OPTIMIZERS", "LMConfig"]
+
+#: How the trainer sets learning rates (see :class:`LMConfig`).
+OPTIMIZERS = ("one-rate", "structure-aware")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,12 @@ class LMConfig(ConfigDict):
         full_eval: score the whole validation split at the end.
         threads: torch intra-op threads (0: torch's default).
         device: torch device of the run (``cpu``, ``cuda``...).
+        optimizer: ``"one-rate"`` (the first study: every parameter at ``lr``) or
+            ``"structure-aware"`` (every non-structured parameter at ``dense_lr``, every
+            factor of a structured layer at ``lr`` times its
+            :func:`torchkron.lr_multipliers` multiplier).
+        dense_lr: ``structure-aware``: peak rate of every non-structured parameter
+            (embeddings, dense attention, norms, head; 0: ``lr``). Unused by ``one-rate``.
     """
 
     iters: int = 2000
@@ -48,6 +57,8 @@ class LMConfig(ConfigDict):
     full_eval: bool = True
     threads: int = 1
     device: str = "cpu"
+    optimizer: str = "one-rate"
+    dense_lr: float = 0.0
 
     def __post_init__(self) -> None:
         check_at_least_one(self, ("iters", "batch_size", "eval_interval", "eval_iters"))
@@ -59,6 +70,14 @@ class LMConfig(ConfigDict):
                     f"--{flag} must be a finite number, got {value}; NaN or infinite "
                     "settings train to NaN."
                 )
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(
+                f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}."
+            )
+        if not (math.isfinite(self.dense_lr) and self.dense_lr >= 0):
+            raise UserError(
+                f"--dense-lr must be a finite number >= 0 (0: --lr), got {self.dense_lr}."
+            )
         for name in ("min_lr", "warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 flag = name.replace("_", "-")
@@ -72,6 +91,11 @@ class LMConfig(ConfigDict):
     @property
     def final_lr(self) -> float:
         return self.min_lr or self.lr / 10
+
+    @property
+    def dense_rate(self) -> float:
+        """Peak rate of the non-structured parameters."""
+        return self.dense_lr or self.lr
 
     @property
     def decay_iters(self) -> int:

@@ -232,17 +232,58 @@ def extension_job(tried: Sequence[LMJob], lr: float) -> LMJob:
     """The sweep run of ``tried``'s family at ``lr``, past an end of its grid."""
     first = tried[0]
     base = dict(first.extra).get("base_config", first.name)
-    desc = first.description.rsplit("; lr sweep at", 1)[0]
+    head = first.description.rpartition(" at ")[0]  # "...; lr sweep", "...; base-rate sweep"
     return replace(
         first,
         name=sweep_name(str(base), lr),
         config=first.config.with_(lr=lr),
-        description=f"{desc}; lr sweep at {format_lr(lr)} (past the grid's end)",
+        description=f"{head} at {format_lr(lr)} (past the grid's end)",
     )
 
 
 def sweep_name(config: str, lr: float) -> str:
     return f"lrsweep-{config}-lr{format_lr(lr)}"
+
+
+def select_configs(configs: list[LMConfigSpec], only: Sequence[str]) -> list[LMConfigSpec]:
+    """The configs whose ids match one of the shell patterns ``only`` (all when empty);
+    a pattern matching none is an error naming every config."""
+    for pattern in only:
+        if not any(fnmatch.fnmatchcase(c.name, pattern) for c in configs):
+            names = ", ".join(c.name for c in configs)
+            raise UserError(f"--only {pattern!r} matches no config; the configs are: {names}.")
+    if only:
+        configs = [c for c in configs if any(fnmatch.fnmatchcase(c.name, p) for p in only)]
+    return configs
+
+
+def sweep_recipe(base: LMConfig, sweep_iters: int) -> LMConfig:
+    """``base`` with its schedule compressed to ``sweep_iters`` steps (a sweep run)."""
+    return base.with_(
+        iters=sweep_iters,
+        lr_decay_iters=0,
+        warmup_iters=min(base.warmup_iters, max(0, sweep_iters // 5)),
+        eval_interval=min(base.eval_interval, sweep_iters),
+        min_lr=0.0,
+    )
+
+
+def sweep_jobs(
+    rep: LMConfigSpec, config: LMConfig, lrs: Sequence[float], what: str, **extra: Any
+) -> list[LMJob]:
+    """The sweep runs of ``rep``'s family: ``rep`` at each rate of ``lrs``, seed 0."""
+    return [
+        LMJob(
+            sweep_name(rep.name, lr),
+            rep.spec,
+            config.with_(lr=lr),
+            0,
+            family=rep.family,
+            description=f"{rep.description}; {what} at {format_lr(lr)}",
+            extra=_extra(rep, "lr-sweep", base_config=rep.name, **extra),
+        )
+        for lr in lrs
+    ]
 
 
 def study_plan(
@@ -267,55 +308,52 @@ def study_plan(
             sweeps of the families kept stay).
         extend: extra sweep points allowed per family past an end of the grid.
     """
-    configs = study_configs(vocab_size)
-    for pattern in only:
-        if not any(fnmatch.fnmatchcase(c.name, pattern) for c in configs):
-            names = ", ".join(c.name for c in configs)
-            raise UserError(f"--only {pattern!r} matches no config; the configs are: {names}.")
-    if only:
-        configs = [c for c in configs if any(fnmatch.fnmatchcase(c.name, p) for p in only)]
+    configs = select_configs(study_configs(vocab_size), only)
     by_name = {c.name: c for c in study_configs(vocab_size)}
     families = list(dict.fromkeys(LR_FAMILY.get(c.family, c.family) for c in configs))
-    sweep_cfg = base.with_(
-        iters=sweep_iters,
-        lr_decay_iters=0,
-        warmup_iters=min(base.warmup_iters, max(0, sweep_iters // 5)),
-        eval_interval=min(base.eval_interval, sweep_iters),
-        min_lr=0.0,
-    )
-    sweep: list[LMJob] = []
-    for fam in families:
-        rep = by_name[REPRESENTATIVES[fam]]
-        for lr in lrs:
-            sweep.append(
-                LMJob(
-                    sweep_name(rep.name, lr),
-                    rep.spec,
-                    sweep_cfg.with_(lr=lr),
-                    0,
-                    family=rep.family,
-                    description=f"{rep.description}; lr sweep at {format_lr(lr)}",
-                    extra=_extra(rep, "lr-sweep", base_config=rep.name),
-                )
-            )
-    main: list[PlannedJob] = []
-    for c in configs:
-        for seed in range(min(seeds, c.max_seeds) if c.max_seeds else seeds):
-            job = LMJob(
+    sweep_cfg = sweep_recipe(base, sweep_iters)
+    sweep = [
+        job
+        for fam in families
+        for job in sweep_jobs(by_name[REPRESENTATIVES[fam]], sweep_cfg, lrs, "lr sweep")
+    ]
+    main = [
+        planned
+        for c in configs
+        for planned in main_jobs(
+            c,
+            base,
+            min(seeds, c.max_seeds) if c.max_seeds else seeds,
+            None if c.fixed_lr else LR_FAMILY.get(c.family, c.family),
+        )
+    ]
+    main.sort(key=lambda p: p.order)
+    return StudyPlan(sweep, main, extend)
+
+
+def main_jobs(
+    c: LMConfigSpec, recipe: LMConfig, seeds: int, lr_family: str | None, **extra: Any
+) -> list[PlannedJob]:
+    """Seeds ``0 .. seeds - 1`` of config ``c``; ``lr_family`` set: at that family's best
+    rate once its sweep has finished. Ordered within a tier by seed, then priority: seed
+    0 of every config, then seed 1 of every config, ..., so that an interrupted study has
+    as many seeds of each config as possible."""
+    return [
+        PlannedJob(
+            LMJob(
                 c.name,
                 c.spec,
-                base,
+                recipe,
                 seed,
                 family=c.family,
                 description=c.description,
-                extra=_extra(c, "main"),
-            )
-            # Within a tier: seed 0 of every config, then seed 1 of every config, ...: an
-            # interrupted study has as many seeds of each config as possible.
-            lr_family = None if c.fixed_lr else LR_FAMILY.get(c.family, c.family)
-            main.append(PlannedJob(job, lr_family, (c.priority // 10, seed, c.priority)))
-    main.sort(key=lambda p: p.order)
-    return StudyPlan(sweep, main, extend)
+                extra=_extra(c, "main", **extra),
+            ),
+            lr_family,
+            (c.priority // 10, seed, c.priority),
+        )
+        for seed in range(seeds)
+    ]
 
 
 def _extra(c: LMConfigSpec, phase: str, **more: Any) -> tuple[tuple[str, Any], ...]:

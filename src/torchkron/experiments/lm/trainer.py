@@ -33,6 +33,7 @@ from torchkron.experiments.common.runs import SCHEMA, RunRecord, load_run
 from torchkron.experiments.data.text import TextData
 from torchkron.experiments.lm.config import LMConfig
 from torchkron.experiments.lm.gpt import GPT, GPTSpec
+from torchkron.optim import lr_multipliers
 
 __all__ = [
     "EvalEvent",
@@ -42,6 +43,7 @@ __all__ = [
     "final_score",
     "full_split_loss",
     "lr_at",
+    "structure_aware_groups",
     "train_lm",
 ]
 
@@ -180,8 +182,15 @@ class EvalEvent:
 
 
 def _optimizer(model: nn.Module, config: LMConfig) -> torch.optim.AdamW:
-    # As nanoGPT: decay every tensor of 2+ dims (matrices, factors, embeddings), not
-    # biases and LayerNorm gains.
+    if config.optimizer == "structure-aware":
+        return torch.optim.AdamW(
+            structure_aware_groups(model, config),
+            lr=config.lr,
+            betas=(config.beta1, config.beta2),
+        )
+    # The first study's optimizer, unchanged (its run files and checkpoints must load):
+    # as nanoGPT, decay every tensor of 2+ dims (matrices, factors, embeddings), not
+    # biases and LayerNorm gains; every parameter at ``lr``.
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     other = [p for p in params if p.dim() < 2]
@@ -190,6 +199,36 @@ def _optimizer(model: nn.Module, config: LMConfig) -> torch.optim.AdamW:
         {"params": other, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2))
+
+
+def structure_aware_groups(model: nn.Module, config: LMConfig) -> list[dict[str, Any]]:
+    """AdamW groups of ``optimizer="structure-aware"``.
+
+    Every factor of a ``KronLinear`` / ``LowRankLinear`` / ``MonarchLinear`` trains at
+    ``config.lr`` times its :func:`torchkron.lr_multipliers` multiplier, every other
+    parameter at ``config.dense_rate``. Weight decay as the first study's (nanoGPT's):
+    every tensor of 2+ dimensions, embeddings included, so that a model without
+    structured layers trains exactly as it did there. Each group's ``lr_scale`` is its
+    peak rate over ``config.lr``: the schedule multiplies it in at every step.
+    """
+    params = dict(model.named_parameters())
+    groups: dict[tuple[float, bool], dict[str, Any]] = {}
+    for rule in lr_multipliers(model, decay_embeddings=True):
+        base = config.lr if rule.kind == "factor" else config.dense_rate
+        peak = base * rule.multiplier
+        group = groups.setdefault(
+            (peak, rule.decay),
+            {
+                "params": [],
+                "lr": peak,
+                "lr_scale": peak / config.lr,
+                "weight_decay": config.weight_decay if rule.decay else 0.0,
+                "param_names": [],
+            },
+        )
+        group["params"].append(params[rule.name])
+        group["param_names"].append(rule.name)
+    return list(groups.values())
 
 
 def _new_record(job: LMJob, model: GPT, command: str, data: TextData) -> RunRecord:
@@ -308,7 +347,8 @@ def train_lm(
     while it < config.iters:
         lr = lr_at(it, config)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            # One-rate groups have no lr_scale: exactly ``lr``, as before.
+            group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
         x, y = sample_batch(data.train, config.batch_size, block, generator)
         x, y = x.to(device), y.to(device)
         loss = _loss(model, x, y)
