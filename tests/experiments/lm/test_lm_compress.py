@@ -76,7 +76,8 @@ def test_pruned_student_stays_sparse_through_distillation_and_resumes(tmp_path, 
     assert full["metrics"]["val_loss_distilled"] == pytest.approx(
         fresh["metrics"]["val_loss_distilled"], rel=1e-6
     )
-    state = torch.load(tmp_path / "checkpoints" / "pruned-b3.9--seed0.pt", weights_only=True)
+    name = f"pruned-b3.9{config.tag}--seed0.pt"  # the recipe's tag: -sa-lr...-dense...
+    state = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
     w = state["model"]["blocks.0.mlp.fc.weight"]
     assert int((w != 0).sum()) <= budget_specs(teacher.spec, BUDGETS["3.9"]).nonzeros
 
@@ -93,8 +94,9 @@ def test_lm_compress_smoke_end_to_end(tmp_path, text_dir):
     assert main(args) == 0
     runs = sorted(p.name for p in (out / "runs").glob("*.json"))
     assert len(runs) == 8
-    assert "kron-act-b3.9--seed1.json" in runs
-    record = json.loads((out / "runs" / "kron-act-b3.9--seed0.json").read_text())
+    tag = DistillConfig().tag
+    assert f"kron-act-b3.9{tag}--seed1.json" in runs
+    record = json.loads((out / "runs" / f"kron-act-b3.9{tag}--seed0.json").read_text())
     for key in ("config", "seed", "metrics", "environment", "command", "teacher"):
         assert key in record
     assert {"val_loss_converted", "val_loss_distilled"} <= set(record["metrics"])
@@ -103,7 +105,7 @@ def test_lm_compress_smoke_end_to_end(tmp_path, text_dir):
     assert "| 3.9% | kron-act |" in report
     assert "## Findings" in report
     assert (out / "compress.png").is_file()
-    before = (out / "runs" / "kron-act-b3.9--seed0.json").read_text()
+    before = (out / "runs" / f"kron-act-b3.9{tag}--seed0.json").read_text()
     assert main([*args, "--resume", "--no-plots"]) == 0  # finished runs are kept as they are
-    assert (out / "runs" / "kron-act-b3.9--seed0.json").read_text() == before
+    assert (out / "runs" / f"kron-act-b3.9{tag}--seed0.json").read_text() == before
     assert main(["lm", "compress-report", str(out), "--no-plots"]) == 0

@@ -36,11 +36,11 @@ def _groups_by_name(opt: torch.optim.Optimizer) -> dict[str, float]:
     "mlp", [KRON, LinearSpec("lowrank", rank=4), LinearSpec("monarch", nblocks=4)]
 )
 def test_structure_aware_groups_have_the_expected_rates(mlp: LinearSpec) -> None:
-    from torchkron.experiments.lm.trainer import _optimizer
+    from torchkron.experiments.lm.trainer import make_optimizer
 
     model = GPT(GPTSpec(vocab_size=11, **SMALL, mlp=mlp))
     config = LMConfig(optimizer="structure-aware", lr=1e-3, dense_lr=4e-3)
-    got = _groups_by_name(_optimizer(model, config))
+    got = _groups_by_name(make_optimizer(model, config))
     rules = {r.name: r for r in lr_multipliers(model)}
     assert set(got) == set(rules)  # every trainable parameter once (the head is tied)
     for name, lr in got.items():
@@ -52,7 +52,7 @@ def test_structure_aware_groups_have_the_expected_rates(mlp: LinearSpec) -> None
             assert lr == pytest.approx(4e-3, rel=1e-12), name
     assert {rules[n].multiplier for n in got if rules[n].kind == "factor"} != {1.0}
     # weight decay as the first study's: every 2+-dim tensor, the embeddings included
-    opt = _optimizer(model, config)
+    opt = make_optimizer(model, config)
     decayed = {n for g in opt.param_groups if g["weight_decay"] for n in g["param_names"]}
     assert "wte.weight" in decayed
     assert "blocks.0.ln_1.weight" not in decayed
@@ -60,12 +60,12 @@ def test_structure_aware_groups_have_the_expected_rates(mlp: LinearSpec) -> None
 
 @pytest.mark.parametrize("mlp", [KRON, LinearSpec("lowrank", rank=4)])
 def test_two_rate_groups_drop_only_the_multipliers(mlp: LinearSpec) -> None:
-    from torchkron.experiments.lm.trainer import _optimizer
+    from torchkron.experiments.lm.trainer import make_optimizer
 
     model = GPT(GPTSpec(vocab_size=11, **SMALL, mlp=mlp))
     base = {"lr": 1e-3, "dense_lr": 4e-3}
-    two = _groups_by_name(_optimizer(model, LMConfig(optimizer="two-rate", **base)))
-    aware = _groups_by_name(_optimizer(model, LMConfig(optimizer="structure-aware", **base)))
+    two = _groups_by_name(make_optimizer(model, LMConfig(optimizer="two-rate", **base)))
+    aware = _groups_by_name(make_optimizer(model, LMConfig(optimizer="structure-aware", **base)))
     rules = {r.name: r for r in lr_multipliers(model)}
     assert set(two) == set(aware)
     for name, lr in two.items():
@@ -77,10 +77,10 @@ def test_two_rate_groups_drop_only_the_multipliers(mlp: LinearSpec) -> None:
 
 
 def test_one_rate_mode_is_the_first_studys_optimizer() -> None:
-    from torchkron.experiments.lm.trainer import _optimizer
+    from torchkron.experiments.lm.trainer import make_optimizer
 
     model = GPT(GPTSpec(vocab_size=11, **SMALL, mlp=KRON))
-    opt = _optimizer(model, LMConfig(lr=1e-3, dense_lr=4e-3))  # dense_lr unused here
+    opt = make_optimizer(model, LMConfig(lr=1e-3, dense_lr=4e-3))  # dense_lr unused here
     assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3]
     assert all("lr_scale" not in g for g in opt.param_groups)
     # an old run file's config (no optimizer, no dense_lr) reads back as one-rate

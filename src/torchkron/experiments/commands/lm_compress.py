@@ -122,10 +122,20 @@ def _teacher_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def plan_jobs(methods: list[str], budgets: list[str], seeds: int) -> list[Any]:
+def plan_jobs(
+    methods: list[str], budgets: list[str], seeds: int, configs: list[Any]
+) -> list[tuple[Any, Any]]:
+    """``(DistillJob, DistillConfig)`` pairs: seed 0 of everything first, then by budget,
+    method and recipe (``configs``: one per ``--lr`` x ``--dense-lr``)."""
     from torchkron.experiments.lm.distill import DistillJob
 
-    return [DistillJob(m, b, s) for s in range(seeds) for b in budgets for m in methods]
+    return [
+        (DistillJob(m, b, s), c)
+        for s in range(seeds)
+        for b in budgets
+        for m in methods
+        for c in configs
+    ]
 
 
 def _init_worker(data_dir: Path | None, any_text: bool, teacher: Path) -> None:
@@ -161,24 +171,32 @@ def _cmd_compress(args: argparse.Namespace) -> int:
             f"--methods/--budgets match nothing; methods: {', '.join(METHODS)}; budgets: "
             f"{', '.join(BUDGETS)}."
         )
-    config = DistillConfig(
-        iters=args.iters,
-        lr=args.lr,
-        warmup_iters=min(args.warmup_iters, args.iters),
-        temperature=args.temperature,
-        hidden_mse=args.hidden_mse,
-        calib_batches=args.calib_batches,
-        eval_interval=min(args.eval_interval, args.iters),
-    )
+    # One recipe per --lr x --dense-lr (a rate sweep); one-rate uses no --dense-lr.
+    dense_lrs = args.dense_lr if args.optimizer == "structure-aware" else args.dense_lr[:1]
+    configs = [
+        DistillConfig(
+            iters=args.iters,
+            lr=lr,
+            warmup_iters=min(args.warmup_iters, args.iters),
+            temperature=args.temperature,
+            hidden_mse=args.hidden_mse,
+            calib_batches=args.calib_batches,
+            eval_interval=min(args.eval_interval, args.iters),
+            optimizer=args.optimizer,
+            dense_lr=dense_lr,
+        )
+        for lr in args.lr
+        for dense_lr in dense_lrs
+    ]
     # --out locked for the session, as every lm action: two sessions never write at once.
     with session(args) as progress:
         data = load_data(args, progress)
         teacher = _ensure_teacher(args, data, progress)
-        jobs = plan_jobs(methods, budgets, args.seeds)
+        jobs = plan_jobs(methods, budgets, args.seeds, configs)
         progress.message(f"teacher {teacher}; {len(jobs)} students; {args.jobs} worker(s)")
         if args.jobs <= 1:
             _init_worker(args.data_dir, args.any_text, teacher)
-            for job in jobs:
+            for job, config in jobs:
                 rec = _run_job(job, config, args.out, args.command_line)
                 _done(progress, rec)
         else:
@@ -190,7 +208,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                 initargs=(data.source, args.any_text, teacher),
             ) as pool:
                 futures = [
-                    pool.submit(_run_job, j, config, args.out, args.command_line) for j in jobs
+                    pool.submit(_run_job, j, c, args.out, args.command_line) for j, c in jobs
                 ]
                 for fut in as_completed(futures):
                     _done(progress, fut.result())
@@ -222,6 +240,7 @@ def add_compress_arguments(sub: Any) -> None:
     """Add ``compress`` and ``compress-report`` to ``torchkron lm``'s actions."""
     from torchkron.experiments.commands._lm_shared import add_data
     from torchkron.experiments.lm.compress import BUDGETS
+    from torchkron.experiments.lm.distill import DISTILL_OPTIMIZERS, DistillConfig
 
     p = sub.add_parser(
         "compress",
@@ -253,7 +272,30 @@ def add_compress_arguments(sub: Any) -> None:
     p.add_argument("--budgets", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
     p.add_argument("--seeds", type=positive_int, default=3, help="default %(default)s")
     p.add_argument("--iters", type=positive_int, default=500, help="distillation steps")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="default %(default)s")
+    p.add_argument(
+        "--optimizer",
+        choices=DISTILL_OPTIMIZERS,
+        default=DistillConfig.optimizer,
+        help="structure-aware: factors at --lr x their torchkron.lr_multipliers multiplier, "
+        "every other parameter at --dense-lr; one-rate: every parameter at --lr (the first "
+        "round) (default %(default)s)",
+    )
+    p.add_argument(
+        "--lr",
+        type=positive_float,
+        nargs="+",
+        default=[DistillConfig.lr],
+        help="peak rate (structure-aware: the factors' base rate); several values sweep "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--dense-lr",
+        type=positive_float,
+        nargs="+",
+        default=[DistillConfig.dense_lr],
+        help="structure-aware: peak rate of every parameter that is not a factor; several "
+        "values sweep (default %(default)s)",
+    )
     p.add_argument("--warmup-iters", type=positive_int, default=50)
     p.add_argument("--temperature", type=positive_float, default=2.0)
     p.add_argument(

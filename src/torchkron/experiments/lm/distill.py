@@ -4,7 +4,10 @@ The loss is the KL divergence from the teacher's next-character distribution to 
 student's at temperature ``T`` (times ``T^2``, Hinton et al.), optionally plus the mean
 squared error between the final hidden states (``hidden_mse``). The optimiser, schedule
 and data sampling are the GPT study's (AdamW, warm-up then cosine, gradient clip,
-nanoGPT's random windows); every student gets the same number of iterations. The
+nanoGPT's random windows; ``optimizer="structure-aware"``, the default, sets the rates
+as the second GPT study does: every factor of a structured layer at ``lr`` times its
+:func:`torchkron.lr_multipliers` multiplier, every other parameter at ``dense_lr``);
+every student gets the same number of iterations. The
 validation loss (cross-entropy on the whole validation split) is measured right after
 the conversion and after the distillation. A checkpoint every ``eval_interval`` steps
 makes the run resumable; the record is one JSON file.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +34,25 @@ from torchkron.experiments.data.text import TextData
 from torchkron.experiments.lm.compress import FAMILY, build_student, mlp_moments
 from torchkron.experiments.lm.config import LMConfig
 from torchkron.experiments.lm.gpt import GPT
-from torchkron.experiments.lm.trainer import full_split_loss, lr_at, sample_batch
+from torchkron.experiments.lm.schedule import format_lr
+from torchkron.experiments.lm.trainer import full_split_loss, lr_at, make_optimizer, sample_batch
 
-__all__ = ["DistillConfig", "DistillJob", "calibration_batches", "distill_run", "read_record"]
+__all__ = [
+    "DISTILL_OPTIMIZERS",
+    "FIRST_ROUND",
+    "DistillConfig",
+    "DistillJob",
+    "calibration_batches",
+    "distill_run",
+    "read_record",
+    "saved_config",
+]
+
+#: How the distillation sets learning rates (see :class:`DistillConfig`).
+DISTILL_OPTIMIZERS = ("structure-aware", "one-rate")
+#: The first round's recipe (one AdamW rate for every parameter), whose run files predate
+#: the ``optimizer`` and ``dense_lr`` settings and keep the untagged names.
+FIRST_ROUND = {"optimizer": "one-rate", "lr": 1e-3}
 
 _KEYS = ("schema", "kind", "variant", "method", "budget", "seed", "config", "metrics", "complete")
 
@@ -66,7 +85,9 @@ class DistillConfig:
 
     Attributes:
         iters: optimizer steps.
-        lr: peak learning rate (warm-up ``warmup_iters``, cosine to ``lr / 10``).
+        lr: peak learning rate (warm-up ``warmup_iters``, cosine to a tenth of the peak);
+            ``structure-aware``: the base rate of the factors, each times its
+            :func:`torchkron.lr_multipliers` multiplier.
         warmup_iters: linear warm-up steps.
         temperature: softmax temperature of the KL term.
         hidden_mse: weight of the final-hidden-state MSE term (0: KL only).
@@ -75,10 +96,17 @@ class DistillConfig:
             for the activation-aware conversions.
         eval_interval: checkpoint every this many steps.
         threads: torch threads.
+        optimizer: ``"structure-aware"`` (factors of ``KronLinear`` / ``LowRankLinear`` /
+            ``MonarchLinear`` at ``lr`` times their multiplier, every other parameter,
+            the teacher's trained ones included, at ``dense_lr``) or ``"one-rate"`` (the
+            first round: every parameter at ``lr``).
+        dense_lr: ``structure-aware``: peak rate of every parameter that is not a
+            factor (the only rate of students without structured layers). Unused by
+            ``one-rate``.
     """
 
     iters: int = 500
-    lr: float = 1e-3
+    lr: float = 4e-3
     warmup_iters: int = 50
     temperature: float = 2.0
     hidden_mse: float = 0.0
@@ -86,6 +114,8 @@ class DistillConfig:
     calib_batches: int = 32
     eval_interval: int = 100
     threads: int = 1
+    optimizer: str = "structure-aware"
+    dense_lr: float = 1e-3
 
     def __post_init__(self) -> None:
         for name in ("iters", "batch_size", "calib_batches", "eval_interval"):
@@ -97,9 +127,51 @@ class DistillConfig:
                 f"--lr and --temperature must be positive and --hidden-mse >= 0, got "
                 f"{self.lr}, {self.temperature}, {self.hidden_mse}."
             )
+        if self.optimizer not in DISTILL_OPTIMIZERS:
+            raise UserError(
+                f"--optimizer must be one of {', '.join(DISTILL_OPTIMIZERS)}, got "
+                f"{self.optimizer!r}."
+            )
+        if not 0 < self.dense_lr < float("inf"):
+            raise UserError(
+                f"--dense-lr must be a positive finite number, got {self.dense_lr}; it is "
+                "the rate of every parameter that is not a factor of a structured layer."
+            )
+
+    @property
+    def tag(self) -> str:
+        """The optimizer and its rates as a run-name suffix (``-sa-lr4e-3-dense1e-3``,
+        ``-one-rate-lr2e-3``); empty for the first round's recipe, whose files have none."""
+        if self.optimizer == FIRST_ROUND["optimizer"] and self.lr == FIRST_ROUND["lr"]:
+            return ""
+        if self.optimizer == "one-rate":
+            return f"-one-rate-lr{format_lr(self.lr)}"
+        return f"-sa-lr{format_lr(self.lr)}-dense{format_lr(self.dense_lr)}"
+
+    def recipe(self) -> dict[str, Any]:
+        """Every setting that changes the result (``dense_lr`` only where it is used)."""
+        out = asdict(self)
+        del out["threads"]  # speed only
+        if self.optimizer == "one-rate":
+            del out["dense_lr"]
+        return out
 
     def schedule(self) -> LMConfig:
-        return LMConfig(iters=self.iters, lr=self.lr, warmup_iters=self.warmup_iters)
+        return LMConfig(
+            iters=self.iters,
+            lr=self.lr,
+            warmup_iters=self.warmup_iters,
+            optimizer=self.optimizer,
+            dense_lr=self.dense_lr,
+        )
+
+
+def saved_config(record: RunRecord) -> DistillConfig:
+    """The recipe a run file was distilled with; a first-round file (no ``optimizer``
+    setting) reads as ``one-rate``."""
+    known = {f.name for f in fields(DistillConfig)}
+    data = {"optimizer": FIRST_ROUND["optimizer"], **record["config"]}
+    return DistillConfig(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -173,14 +245,23 @@ def distill_run(
     """Convert, score, distil, score; resumes from the last checkpoint, returns a
     finished record as it is."""
     torch.set_num_threads(config.threads)
-    paths = RunPaths.under(out_dir, job.name, job.seed)
+    # The optimizer and its rates are in the name, so a sweep's runs, the study's and
+    # the first round's (untagged) live side by side; any other change is refused.
+    name = job.name + config.tag
+    paths = RunPaths.under(out_dir, name, job.seed)
     if paths.record.exists():
         record = read_record(paths.record)
         if record.get("complete"):
-            if record["config"] != asdict(config):
+            then, now = saved_config(record).recipe(), config.recipe()
+            if then != now:
+                changes = [
+                    f"{k}: saved {then.get(k)} vs now {now.get(k)}"
+                    for k in now
+                    if then.get(k) != now.get(k)
+                ]
                 raise UserError(
-                    f"{paths.record} was distilled with other settings; use another --out "
-                    "folder, or delete that run to redo it."
+                    f"{paths.record} was distilled with other settings ({', '.join(changes)}); "
+                    "use another --out folder, or delete that run to redo it."
                 )
             return record
     block = teacher.spec.block_size
@@ -190,13 +271,7 @@ def distill_run(
     convert_seconds = time.perf_counter() - t0
     model = student.model
     sched = config.schedule()
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    other = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=(0.9, 0.99),
-    )
+    optimizer = make_optimizer(model, sched)
     generator = torch.Generator().manual_seed(job.seed + _DATA_SEED_OFFSET)
     start = 0
     if paths.checkpoint.exists():
@@ -211,7 +286,7 @@ def distill_run(
         record = {
             "schema": SCHEMA,
             "kind": "lm-compress",
-            "variant": job.name,
+            "variant": name,
             "method": job.method,
             "family": FAMILY[job.method],
             "budget": job.budget,
@@ -239,7 +314,7 @@ def distill_run(
     it, total, since, t_start = start, 0.0, start, time.perf_counter()
     while it < config.iters:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(it, sched)
+            group["lr"] = lr_at(it, sched) * group.get("lr_scale", 1.0)
         x, _ = sample_batch(data.train, config.batch_size, block, generator)
         loss = _distill_loss(model, teacher, x, config)
         optimizer.zero_grad(set_to_none=True)

@@ -43,6 +43,7 @@ __all__ = [
     "final_score",
     "full_split_loss",
     "lr_at",
+    "make_optimizer",
     "structure_aware_groups",
     "train_lm",
 ]
@@ -181,7 +182,9 @@ class EvalEvent:
     resumed_from: int = 0
 
 
-def _optimizer(model: nn.Module, config: LMConfig) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, config: LMConfig) -> torch.optim.AdamW:
+    """The AdamW of ``config.optimizer`` for ``model`` (the GPT study's and the
+    distillation's): groups with an ``lr_scale`` follow the schedule times that scale."""
     if config.optimizer in ("structure-aware", "two-rate"):
         return torch.optim.AdamW(
             structure_aware_groups(model, config),
@@ -325,7 +328,7 @@ def train_lm(
     device = torch.device(config.device)
     torch.manual_seed(job.seed)
     model = GPT(spec).to(device)
-    optimizer = _optimizer(model, config)
+    optimizer = make_optimizer(model, config)
     generator = torch.Generator().manual_seed(job.seed + _DATA_SEED_OFFSET)
     record = _new_record(job, model, command, data)
     start = 0
