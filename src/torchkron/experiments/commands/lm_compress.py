@@ -236,6 +236,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_scratch(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--scratch",
+        type=Path,
+        nargs="+",
+        default=[Path("results/lm-v2"), Path("results/lm")],
+        help="from-scratch GPT studies to compare with, the reference first (the first "
+        "that has runs; default: results/lm-v2 (structure-aware rates), then results/lm)",
+    )
+
+
 def add_compress_arguments(sub: Any) -> None:
     """Add ``compress`` and ``compress-report`` to ``torchkron lm``'s actions."""
     from torchkron.experiments.commands._lm_shared import add_data
@@ -307,12 +318,7 @@ def add_compress_arguments(sub: Any) -> None:
     p.add_argument("--calib-batches", type=positive_int, default=32)
     p.add_argument("--eval-interval", type=positive_int, default=100)
     p.add_argument("--jobs", type=positive_int, default=max(1, min(2, os.cpu_count() or 1)))
-    p.add_argument(
-        "--scratch",
-        type=Path,
-        default=Path("results/lm"),
-        help="the from-scratch GPT study to compare with (default %(default)s)",
-    )
+    _add_scratch(p)
     p.add_argument("--no-report", action="store_true")
     p.add_argument("--no-plots", action="store_true")
     g = p.add_argument_group("teacher model (when training it)")
@@ -328,6 +334,6 @@ def add_compress_arguments(sub: Any) -> None:
 
     p = sub.add_parser("compress-report", help="lm compress's table, plot, findings")
     p.add_argument("dir", type=Path, nargs="?", default=Path(DEFAULT_OUT), metavar="DIR")
-    p.add_argument("--scratch", type=Path, default=Path("results/lm"))
+    _add_scratch(p)
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(lm_func=_cmd_report)
