@@ -291,22 +291,19 @@ def add_compress_arguments(sub: Any) -> None:
         "every other parameter at --dense-lr; one-rate: every parameter at --lr (the first "
         "round) (default %(default)s)",
     )
-    p.add_argument(
-        "--lr",
-        type=positive_float,
-        nargs="+",
-        default=[DistillConfig.lr],
-        help="peak rate (structure-aware: the factors' base rate); several values sweep "
-        "(default %(default)s)",
-    )
-    p.add_argument(
-        "--dense-lr",
-        type=positive_float,
-        nargs="+",
-        default=[DistillConfig.dense_lr],
-        help="structure-aware: peak rate of every parameter that is not a factor; several "
-        "values sweep (default %(default)s)",
-    )
+    for flag, default, text in (
+        ("--lr", DistillConfig.lr, "peak rate (structure-aware: the factors' base rate)"),
+        ("--dense-lr", DistillConfig.dense_lr, "structure-aware: peak rate of every parameter "
+         "that is not a factor"),
+    ):  # fmt: skip
+        p.add_argument(
+            flag,
+            type=positive_float,
+            nargs="+",
+            default=[default],
+            help=f"{text}; several values sweep, one run per --lr x --dense-lr "
+            "(default %(default)s)",
+        )
     p.add_argument("--warmup-iters", type=positive_int, default=50)
     p.add_argument("--temperature", type=positive_float, default=2.0)
     p.add_argument(
