@@ -127,7 +127,8 @@ def test_a_first_round_file_is_resumed_by_its_recipe_and_refused_by_another(
                        r"delete that run to redo it\."):  # fmt: skip
         distill_run(job, teacher, {}, data, replace(first, iters=4), tmp_path, command="t")
     # the new default recipe has its own name in the same folder
-    new = distill_run(job, teacher, {}, data, DistillConfig(**TINY), tmp_path, command="t")
+    aware = DistillConfig(**TINY, lr=4e-3, dense_lr=1e-3)
+    new = distill_run(job, teacher, {}, data, aware, tmp_path, command="t")
     assert new["variant"] == "kron-act-b3.9-sa-lr4e-3-dense1e-3"
     assert json.loads(path.read_text()) == old
 
@@ -149,14 +150,19 @@ def test_report_keeps_the_first_round_apart_and_labelled(tmp_path: Path) -> None
     assert [r["method"] for r in study] == ["kron-act-perm", "pruned"]
     assert len(others) == 1
     assert others[0][0]["config"] == old["config"]
-    write_compress_report(tmp_path / "out", scratch=tmp_path / "none", plots=False)
+    scratch = [ROOT / "results/lm-v2", ROOT / "results/lm"]
+    write_compress_report(tmp_path / "out", scratch=scratch, plots=False)
     report = (tmp_path / "out" / "results.md").read_text()
+    # the second GPT study (structure-aware rates) is the reference, the first beside it
+    assert "From-scratch reference: lm-v2." in report
+    assert "| seeds | scratch lm-v2 | scratch lm |" in report
+    assert "kron-act-perm distilled vs kron-mlp-k2-r4 from scratch (lm-v2)" in report
     assert "structure-aware: factors at 4e-3 x multiplier, other parameters at 1e-3" in report
     assert "Runs: 2 complete with this recipe, 1 with other recipes" in report
     # the study's row holds the new run only (1 seed, 1.500), not a mean with 2.099
     assert (
         "| 3.9% | kron-act-perm | Kronecker k=2 R=4 | 20,480 | 300,288 | 0.564 | 4.993 | "
-        "1.500 | 1 |"
+        "1.500 | 1 | 1.847 ± 0.004 | 2.008 ± 0.042 |"
     ) in report
     old_loss = f"{old['metrics']['val_loss_distilled']:.3f}"
     assert (

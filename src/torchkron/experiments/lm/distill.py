@@ -106,7 +106,7 @@ class DistillConfig:
     """
 
     iters: int = 500
-    lr: float = 4e-3
+    lr: float = 8e-3
     warmup_iters: int = 50
     temperature: float = 2.0
     hidden_mse: float = 0.0
@@ -115,7 +115,7 @@ class DistillConfig:
     eval_interval: int = 100
     threads: int = 1
     optimizer: str = "structure-aware"
-    dense_lr: float = 1e-3
+    dense_lr: float = 4e-3
 
     def __post_init__(self) -> None:
         for name in ("iters", "batch_size", "calib_batches", "eval_interval"):
