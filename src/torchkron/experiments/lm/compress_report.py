@@ -114,6 +114,11 @@ def _recipe_key(record: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(saved_config(record).recipe().items()))
 
 
+def _rates(record: dict[str, Any]) -> tuple[bool, float, float, int]:
+    c = saved_config(record)
+    return c.optimizer != "one-rate", c.lr, c.dense_lr, c.iters
+
+
 def recipe_label(record: dict[str, Any]) -> str:
     """The optimizer and rates a run was distilled with, in words."""
     c = saved_config(record)
@@ -132,7 +137,8 @@ def split_by_recipe(
     records: Sequence[dict[str, Any]],
 ) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
     """``(the study's records, [other recipes' records...])``: the study's recipe is the
-    one with the most runs (ties: the most recently finished); others by label."""
+    one with the most runs (ties: the most recently finished); the others in the order
+    of their settings (one-rate first, then by rate)."""
     groups: dict[tuple[tuple[str, Any], ...], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault(_recipe_key(r), []).append(r)
@@ -143,7 +149,7 @@ def split_by_recipe(
         key=lambda g: (len(g), max(str(r.get("finished_at") or "") for r in g)),
         reverse=True,
     )
-    return ordered[0], sorted(ordered[1:], key=lambda g: recipe_label(g[0]))
+    return ordered[0], sorted(ordered[1:], key=lambda g: _rates(g[0]))
 
 
 def _scratch(scratch_dir: Path | None) -> dict[str, list[float]]:
