@@ -146,7 +146,9 @@ def test_v2_plan_sweeps_structured_families_and_fixes_dense() -> None:
     plan = study_plan_v2(vocab_size=65, base=LMConfig())
     fams = {"kron", "lowrank", "monarch", "kron-nomult", "lowrank-nomult"}
     assert {j.family for j in plan.sweep} == fams
-    assert len(plan.sweep) == 15
+    assert len(plan.sweep) == 23
+    grid = sorted(j.config.lr for j in plan.sweep if j.family == "kron-nomult")
+    assert grid == pytest.approx([1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2])
     for j in plan.sweep:  # the ablation's families sweep their own rate, no multipliers
         want = "two-rate" if j.family in NO_MULTIPLIER else "structure-aware"
         assert j.config.optimizer == want, j.name
