@@ -333,3 +333,51 @@ def test_lm_headline_shows_only_measured_configs_and_findings(tmp_path):
         "- MLP at 7.8%: Kronecker vs dense: gap +0.090, too few seeds",
     ]
     assert "torch 2.13.0+cpu; 8 runs." in text
+
+
+def test_lm_v2_headline_pairs_each_cell_with_the_first_study(tmp_path):
+    def row(config, group, budget, family, losses, params=1):
+        mean = sum(losses) / len(losses) if losses else None
+        return {
+            "config": config, "group": group, "budget": budget, "family": family,
+            "parameters": params, "val_losses": losses, "val_mean": mean,
+            "val_std": 0.004 if len(losses) > 1 else None,
+        }  # fmt: skip
+
+    measured = {"measured": True, "text": "...", "gap": 0.071, "se": 0.003, "verdict": "higher"}
+    summary = {
+        "machine": {"processor": "CPU X", "cpu_count": 2, "torch": "2.13.0+cpu"},
+        "runs": 9,
+        "first_study_runs": 75,
+        "rows": [
+            row("dense", "none", "", "dense", [1.77, 1.78], params=804096),
+            row("kron-mlp-k2-r4", "mlp", "b4", "kron", [1.84, 1.85, 1.85]),
+            row("kron-mlp-k2-r4-nomult", "mlp", "b4", "kron-nomult", [1.95, 1.96]),
+            row("lowrank-mlp-r4", "mlp", "b4", "lowrank", [2.18]),
+            row("kron-attn-k2-r4", "attn", "b4", "kron", []),  # not run: no row
+            row("kron-mlp-k2-r4-e160", "wide", "flops", "kron", [1.80], params=9),
+        ],
+        "first_study_rows": [row("kron-mlp-k2-r4", "mlp", "b4", "kron", [2.0, 2.016])],
+        "findings": [
+            {"question": "MLP at 3.9%: Kronecker vs dense", "v2": measured,
+             "v1": {**measured, "gap": 0.232, "se": 0.024}},
+            {"question": "Kronecker in attention (R=4) vs dense", "v2": {"measured": False},
+             "v1": measured},
+            {"question": "equal compute: Kronecker MLP (R=4) vs dense",
+             "v2": {**measured, "se": None, "verdict": "too few seeds"},
+             "v1": {"measured": False}},
+        ],
+    }  # fmt: skip
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    text = result_views.lm_v2_headline(tmp_path)
+    # the ablation's family is not a column: it never replaces Kronecker's own cell
+    assert "| MLP, 3.9% | 1.847 ± 0.004 (2.008) | 2.180 (1 seed) | — | — |" in text
+    assert "attention" not in text and "7.8%" not in text
+    assert "References: dense (804,096 params) 1.775 ± 0.004 (2 seeds); " in text
+    assert "kron-mlp-k2-r4-e160 (9 params) 1.800 (1 seed)." in text
+    assert [line for line in text.splitlines() if line.startswith("- ")] == [
+        "- MLP at 3.9%: Kronecker vs dense: +0.071, SE 0.003, higher "
+        "(v1: +0.232, SE 0.024, higher)",
+        "- equal compute: Kronecker MLP (R=4) vs dense: +0.071, too few seeds",
+    ]
+    assert "torch 2.13.0+cpu; 9 + 75 runs." in text

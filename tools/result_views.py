@@ -12,6 +12,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT / "results" / "mnist"
+LM_V2 = ROOT / "results" / "lm-v2"
 
 
 def format_duration(seconds: float) -> str:
@@ -178,4 +179,69 @@ def lm_headline(folder: Path = LM) -> str:
             else:
                 verdict = f"{f['text'].split(' ')[1]} ({f['gap']:+.3f})"
             lines.append(f"- {f['question']}: {verdict}")
+    return "\n".join(lines) + "\n"
+
+
+#: The README's GPT findings from study v2, by question prefix (each with its v1 gap).
+LM_V2_FINDINGS = (
+    "MLP at 3.9%: Kronecker vs dense",
+    "MLP at 3.9%: Kronecker vs narrower",
+    "MLP at 3.9%: Kronecker vs Monarch",
+    "MLP at 7.8%: Kronecker vs dense",
+    "Kronecker MLP (R=4) vs dense n_embd 64",
+    "Kronecker in attention",
+    "equal compute",
+    "Kronecker MLP (R=4): factors with vs without",
+    "low-rank MLP (r=4): factors with vs without",
+)
+
+
+def _gap(c: dict[str, Any]) -> str:
+    if not c.get("measured"):
+        return "not measured"
+    se = f", SE {c['se']:.3f}" if c.get("se") is not None else ""
+    return f"{c['gap']:+.3f}{se}, {c['verdict']}"
+
+
+def lm_v2_headline(folder: Path = LM_V2) -> str:
+    """The README's view of the GPT study: study v2 (dense parameters at dense's rate,
+    factors at their structure-aware rate) with the first study's number beside each
+    cell, the reference models and the headline findings; measured numbers only."""
+    summary = _load(folder / "summary.json")
+    rows = [r for r in summary["rows"] if r.get("val_losses")]
+    v1 = {r["config"]: r for r in summary["first_study_rows"] if r.get("val_losses")}
+    m = summary["machine"]
+    lines = [
+        "Validation loss (nats/char, whole split, mean ± std over 3 seeds unless marked); "
+        "study v2, with the first study (one rate per model) in brackets; "
+        f"{m['processor']}, {m['cpu_count']} cores, torch {m['torch']}; "
+        f"{summary['runs']} + {summary['first_study_runs']} runs.",
+        "",
+        "| replaced linears, weights kept | " + " | ".join(c for _, c in _LM_COLUMNS) + " |",
+        "|---|" + "---|" * len(_LM_COLUMNS),
+    ]
+    for group, budget, label in _LM_ROWS:
+        found = {r["family"]: r for r in rows if (r["group"], r["budget"]) == (group, budget)}
+        if not found:
+            continue
+        budget_label = {"b4": "3.9%", "b8": "7.8%"}[budget] if group == "mlp" else "R=4"
+        cells = []
+        for family, _ in _LM_COLUMNS:
+            r = found.get(family)
+            old = v1.get(r["config"]) if r else None
+            cells.append(_lm_cell(r) + (f" ({old['val_mean']:.3f})" if old else ""))
+        lines.append(f"| {label}, {budget_label} | " + " | ".join(cells) + " |")
+    refs = [r for r in rows if r["group"] in ("none", "model") or r["budget"] == "flops"]
+    lines += [
+        "",
+        "References: "
+        + "; ".join(f"{r['config']} ({r['parameters']:,} params) {_lm_cell(r)}" for r in refs)
+        + ".",
+        "",
+    ]
+    for prefix in LM_V2_FINDINGS:
+        for f in summary["findings"]:
+            if f["question"].startswith(prefix) and f["v2"].get("measured"):
+                old = f" (v1: {_gap(f['v1'])})" if f["v1"].get("measured") else ""
+                lines.append(f"- {f['question']}: {_gap(f['v2'])}{old}")
     return "\n".join(lines) + "\n"

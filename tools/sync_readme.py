@@ -76,6 +76,12 @@ def _lm_headline() -> str:
     return result_views.lm_headline()
 
 
+def _lm_v2_headline() -> str:
+    from tools import result_views
+
+    return result_views.lm_v2_headline()
+
+
 VIEWS: dict[str, Callable[[], str]] = {
     "cli": _cli,
     "api": _api,
@@ -83,6 +89,7 @@ VIEWS: dict[str, Callable[[], str]] = {
     "reproduce-time": _reproduce_time,
     "plan-examples": _plan_examples,
     "lm-headline": _lm_headline,
+    "lm-v2-headline": _lm_v2_headline,
 }
 
 
