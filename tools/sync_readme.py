@@ -70,12 +70,6 @@ def _plan_examples() -> str:
     return result_views.plan_examples()
 
 
-def _lm_headline() -> str:
-    from tools import result_views
-
-    return result_views.lm_headline()
-
-
 def _lm_v2_headline() -> str:
     from tools import result_views
 
@@ -88,7 +82,6 @@ VIEWS: dict[str, Callable[[], str]] = {
     "speed-summary": _speed_summary,
     "reproduce-time": _reproduce_time,
     "plan-examples": _plan_examples,
-    "lm-headline": _lm_headline,
     "lm-v2-headline": _lm_v2_headline,
 }
 
