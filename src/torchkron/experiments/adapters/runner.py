@@ -1,0 +1,210 @@
+"""``torchkron adapt``: the learning-rate search (one seed per arm and rate, judged on the
+held-out validation images), then the reported seeds at each arm's picked rate, then the
+report. Finished runs are kept; a rerun trains only what is missing.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torchkron.experiments.adapters.arms import Arm, require_peft, study_arms
+from torchkron.experiments.adapters.report import pick_rates, write_report
+from torchkron.experiments.adapters.source import ensure_source, load_source_state
+from torchkron.experiments.adapters.trainer import (
+    TUNE_SEED,
+    AdaptConfig,
+    AdaptJob,
+    Splits,
+    final_seeds,
+    prepare_splits,
+    train_adapter,
+)
+from torchkron.experiments.common.lock import FolderLock
+from torchkron.experiments.common.progress import Progress, format_duration
+from torchkron.experiments.common.runs import RunRecord, load_run
+from torchkron.experiments.mnist.config import TrainConfig
+
+__all__ = ["LOG_FILE", "StudyOptions", "run_study"]
+
+LOG_FILE = "adapt.log"
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """Everything ``torchkron adapt`` was asked to do."""
+
+    out_dir: Path
+    command: str
+    config: AdaptConfig
+    lrs: Sequence[float]
+    lora_ranks: Sequence[int]
+    seeds: int
+    source_recipe: TrainConfig
+    mnist_dir: Path | None = None
+    fashion_dir: Path | None = None
+    download: bool = True
+    workers: int = 1
+    quiet: bool = False
+    plots: bool = True
+
+
+def _finished(job: AdaptJob, out_dir: Path) -> bool:
+    path = job.path(out_dir)
+    return path.is_file() and bool(load_run(path).get("complete"))
+
+
+# Worker-process state: the data and the source model are loaded once per process.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(options: StudyOptions, source: Path | None) -> None:
+    from torchkron.experiments.common.workers import exit_with_parent
+
+    exit_with_parent()
+    _load_into_worker(options, source)
+
+
+def _load_into_worker(options: StudyOptions, source: Path | None) -> None:
+    import torch
+
+    from torchkron.experiments.data.mnist import load_mnist
+
+    torch.set_num_threads(options.config.threads)
+    fashion = load_mnist(options.fashion_dir, download=False, dataset="fashion-mnist")
+    _WORKER["data"] = prepare_splits(fashion, options.config)
+    _WORKER["source"] = None if source is None else load_source_state(source, _WORKER["data"])
+
+
+def _run_job(job: AdaptJob, options: StudyOptions) -> RunRecord:
+    data: Splits = _WORKER["data"]
+    return train_adapter(
+        job, options.config, data, _WORKER["source"], options.out_dir, command=options.command
+    )
+
+
+def _run_jobs(
+    jobs: Sequence[AdaptJob], options: StudyOptions, source: Path | None, progress: Progress
+) -> None:
+    """Train ``jobs`` (none finished), in this process or ``options.workers`` workers."""
+    if not jobs:
+        return
+    done = 0
+
+    def report(record: RunRecord) -> None:
+        nonlocal done
+        done += 1
+        hist = record["history"]
+        result = (
+            "diverged"
+            if record["diverged"]
+            else f"val {hist['val_accuracy'][-1]:.2f}%, test {hist['test_accuracy'][-1]:.2f}%"
+        )
+        progress.message(
+            f"[{done}/{len(jobs)}] {record['variant']} seed {record['seed']}: {result} "
+            f"({format_duration(sum(hist['seconds']))})"
+        )
+
+    if options.workers <= 1:
+        _load_into_worker(options, source)
+        for job in jobs:
+            report(_run_job(job, options))
+        return
+    with ProcessPoolExecutor(
+        min(options.workers, len(jobs)),
+        mp_context=mp.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(options, source),
+    ) as pool:
+        futures = [pool.submit(_run_job, job, options) for job in jobs]
+        try:
+            for fut in as_completed(futures):
+                report(fut.result())
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+
+def _source_for(jobs: Sequence[AdaptJob], options: StudyOptions, progress: Progress) -> Path | None:
+    """The source's weights file when some job adapts it (trained first if missing)."""
+    if not any(job.arm.uses_source for job in jobs):
+        return None
+    return ensure_source(
+        options.out_dir,
+        options.mnist_dir,
+        options.source_recipe,
+        progress,
+        command=options.command,
+        download=options.download,
+    )
+
+
+def _phase(name: str, jobs: list[AdaptJob], options: StudyOptions, progress: Progress) -> None:
+    todo = [job for job in jobs if not _finished(job, options.out_dir)]
+    progress.message(f"{name}: {len(jobs)} runs, {len(jobs) - len(todo)} already finished")
+    _run_jobs(todo, options, _source_for(todo, options, progress), progress)
+
+
+def run_study(options: StudyOptions) -> Path:
+    """Search the rates, train the reported seeds, write the report; returns results.md."""
+    from torchkron.experiments.data.mnist import load_mnist
+    from torchkron.experiments.mnist.runner import check_dataset, check_out_dir
+
+    require_peft()
+    check_out_dir(options.out_dir)
+    with FolderLock(options.out_dir, options.command):
+        progress = Progress(
+            0,
+            quiet=options.quiet,
+            log_path=options.out_dir / LOG_FILE,
+            workers=options.workers,
+            force=True,
+        )
+        progress.message(f"$ {options.command}")
+        start = time.perf_counter()
+        # Loaded (or downloaded) and checked here, before any training; workers reread it.
+        fashion = load_mnist(
+            options.fashion_dir,
+            download=options.download,
+            progress=progress.log,
+            dataset="fashion-mnist",
+        )
+        check_dataset(fashion)
+        options = _with_folder(options, fashion.source)
+        arms = study_arms(options.lora_ranks)
+        for arm in arms:
+            if arm.method == "lokr":
+                m = arm.matching
+                progress.message(
+                    f"{arm.name}: {m['count']:,} trainable parameters for {arm.budget}'s "
+                    f"{m['budget_count']:,} ({100 * m['relative_gap']:+.1f}%)"
+                )
+        _phase("learning-rate search", _tune_jobs(arms, options.lrs), options, progress)
+        picked = pick_rates(options.out_dir, [a.name for a in arms], options.lrs)
+        finals = [
+            AdaptJob(arm, picked[arm.name], seed)
+            for arm in arms
+            if arm.name in picked
+            for seed in final_seeds(options.seeds)
+        ]
+        _phase("reported seeds", finals, options, progress)
+        progress.message(f"all runs done in {format_duration(time.perf_counter() - start)}")
+        paths = write_report(options.out_dir, plots=options.plots)
+        progress.message(f"wrote {', '.join(str(p) for p in paths)}")
+        return paths[0]
+
+
+def _tune_jobs(arms: Sequence[Arm], lrs: Sequence[float]) -> list[AdaptJob]:
+    return [AdaptJob(arm, lr, TUNE_SEED) for arm in arms for lr in lrs]
+
+
+def _with_folder(options: StudyOptions, fashion: Path) -> StudyOptions:
+    from dataclasses import replace
+
+    return replace(options, fashion_dir=fashion)
