@@ -15,12 +15,13 @@ from typing import Any
 
 from torchkron.experiments.adapters.arms import Arm, require_peft, study_arms
 from torchkron.experiments.adapters.report import pick_rates, write_report
-from torchkron.experiments.adapters.source import ensure_source, load_source_state
+from torchkron.experiments.adapters.source import ensure_source, load_source_state, state_sha256
 from torchkron.experiments.adapters.trainer import (
     TUNE_SEED,
     AdaptConfig,
     AdaptJob,
     Splits,
+    check_same,
     final_seeds,
     prepare_splits,
     train_adapter,
@@ -28,6 +29,7 @@ from torchkron.experiments.adapters.trainer import (
 from torchkron.experiments.common.lock import FolderLock
 from torchkron.experiments.common.progress import Progress, format_duration
 from torchkron.experiments.common.runs import RunRecord, load_run
+from torchkron.experiments.mnist.compress import load_source
 from torchkron.experiments.mnist.config import TrainConfig
 
 __all__ = ["LOG_FILE", "StudyOptions", "run_study"]
@@ -145,10 +147,25 @@ def _source_for(jobs: Sequence[AdaptJob], options: StudyOptions, progress: Progr
     )
 
 
+def _check_finished(jobs: Sequence[AdaptJob], options: StudyOptions, sha: str | None) -> None:
+    """Finished runs must be of this command's settings (and, given ``sha``, source)."""
+    for job in jobs:
+        path = job.path(options.out_dir)
+        record = load_run(path)
+        config = options.config.with_(lr=job.lr)
+        check_same({**record, "_path": path}, job, config, sha, check_source=sha is not None)
+
+
 def _phase(name: str, jobs: list[AdaptJob], options: StudyOptions, progress: Progress) -> None:
     todo = [job for job in jobs if not _finished(job, options.out_dir)]
-    progress.message(f"{name}: {len(jobs)} runs, {len(jobs) - len(todo)} already finished")
-    _run_jobs(todo, options, _source_for(todo, options, progress), progress)
+    done = [job for job in jobs if job not in todo]
+    progress.message(f"{name}: {len(jobs)} runs, {len(done)} already finished")
+    _check_finished(done, options, None)  # before a source is trained for nothing
+    source = _source_for(todo, options, progress)
+    if source is not None:
+        # New runs must not be made from another source than the finished ones.
+        _check_finished(done, options, state_sha256(load_source(source).state_dict))
+    _run_jobs(todo, options, source, progress)
 
 
 def run_study(options: StudyOptions) -> Path:

@@ -24,7 +24,14 @@ from torchkron.experiments.mnist.config import TrainConfig
 from torchkron.experiments.mnist.trainer import evaluate, prepare_data, train_run
 from torchkron.experiments.mnist.variants import build_mlp, get_variant
 
-__all__ = ["SOURCE_DIR", "SOURCE_SEED", "ensure_source", "load_source_state", "source_paths"]
+__all__ = [
+    "SOURCE_DIR",
+    "SOURCE_SEED",
+    "ensure_source",
+    "load_source_state",
+    "source_paths",
+    "state_sha256",
+]
 
 SOURCE_DIR = "source"
 SOURCE_SEED = 0
@@ -71,8 +78,10 @@ def ensure_source(
         f"training the source model ({SOURCE_VARIANT}, seed {SOURCE_SEED}, {recipe.epochs} "
         f"epochs on MNIST from {mnist.source}) into {paths.model.parent.parent}"
     )
+    spec = get_variant(SOURCE_VARIANT)
+    progress.expect(spec.name, spec.epoch_cost(), recipe.epochs, 0, seed=SOURCE_SEED)
     train_run(
-        get_variant(SOURCE_VARIANT),
+        spec,
         SOURCE_SEED,
         recipe,
         prepare_data(mnist, recipe),

@@ -132,8 +132,16 @@ def prepare_splits(data: MnistData, config: AdaptConfig) -> Splits:
     return Splits(train, full.train_x[keep:], full.train_y[keep:])
 
 
-def check_same(record: RunRecord, job: AdaptJob, config: AdaptConfig, source: str | None) -> None:
-    """A finished run file must be of this job's arm, recipe and source model."""
+def check_same(
+    record: RunRecord,
+    job: AdaptJob,
+    config: AdaptConfig,
+    source: str | None,
+    *,
+    check_source: bool = True,
+) -> None:
+    """A finished run file must be of this job's arm, recipe (``config`` at the job's rate)
+    and source model (the hash ``source``; not checked without ``check_source``)."""
     where = record.get("_path", job.name)
     saved = dict(record.get("config") or {})
     now = asdict(config)
@@ -144,7 +152,7 @@ def check_same(record: RunRecord, job: AdaptJob, config: AdaptConfig, source: st
     if theirs != job.arm:
         problems.append(f"arm {theirs.name} {dict(theirs.options)} vs now {dict(job.arm.options)}")
     made_from = (record.get("source") or {}).get("state_sha256")
-    if job.arm.uses_source and made_from != source:
+    if check_source and job.arm.uses_source and made_from != source:
         problems.append(
             "another source model (the source was retrained and differs, e.g. on another machine)"
         )
