@@ -21,7 +21,7 @@ from torchkron.experiments.adapters import arms as arms_module
 FAST = [
     "--epochs", "1", "--source-epochs", "1", "--val-size", "32", "--lrs", "1e-3", "3e-2",
     "--lora-ranks", "1", "--seeds", "2", "--jobs", "1", "--batch-size", "32",
-    "--test-batch-size", "64", "--no-download", "--quiet", "--no-plots",
+    "--test-batch-size", "64", "--no-download", "--quiet", "--no-plots", "--extend", "0",
 ]  # fmt: skip
 
 

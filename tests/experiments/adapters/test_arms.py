@@ -25,6 +25,7 @@ from torchkron.experiments.adapters.arms import (
     trainable,
 )
 from torchkron.experiments.adapters.report import picks
+from torchkron.experiments.adapters.runner import extension_jobs, next_rate
 from torchkron.experiments.common.errors import UserError
 from torchkron.experiments.mnist.variants import MLP, build_mlp, get_variant
 
@@ -154,3 +155,27 @@ def test_picks_take_the_best_validation_accuracy_of_the_tuning_seed():
         _record("c", 1e-3, 0, None),  # every rate diverged: no pick
     ]
     assert picks(records) == {"a": 3e-3, "b": 3e-4}
+
+
+def test_next_rate_walks_the_one_three_ten_ladder():
+    assert [next_rate(x, True) for x in (1e-2, 3e-2, 3e-4, 0.1)] == [3e-2, 0.1, 1e-3, 0.3]
+    assert [next_rate(x, False) for x in (3e-4, 1e-3, 1e-2, 0.3)] == [1e-4, 3e-4, 3e-3, 0.1]
+
+
+def test_an_arm_picked_at_an_edge_of_its_rates_tries_the_next_rate_beyond():
+    arms = [Arm(name, "full") for name in ("top", "bottom", "inside", "beyond", "dead")]
+    records = [
+        _record("top", 1e-3, 0, 80.0),
+        _record("top", 1e-2, 0, 85.0),
+        _record("bottom", 1e-3, 0, 90.0),
+        _record("bottom", 1e-2, 0, 85.0),
+        _record("inside", 1e-3, 0, 80.0),
+        _record("inside", 3e-3, 0, 90.0),
+        _record("inside", 1e-2, 0, 85.0),
+        _record("beyond", 1e-2, 0, 90.0),
+        _record("beyond", 3e-2, 0, None),  # the step beyond diverged: 1e-2 is inside now
+        _record("beyond", 1e-3, 0, 80.0),
+        _record("dead", 1e-3, 0, None),
+    ]
+    jobs = extension_jobs(arms, records)
+    assert [(j.arm.name, j.lr, j.seed) for j in jobs] == [("top", 3e-2, 0), ("bottom", 3e-4, 0)]

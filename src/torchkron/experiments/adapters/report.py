@@ -8,7 +8,6 @@ the criterion of the other reports).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,12 @@ __all__ = [
     "PLOT_FILE",
     "RESULTS_FILE",
     "SUMMARY_FILE",
+    "at_edge",
     "load_records",
     "pick_rates",
     "picks",
     "summarize",
+    "tried_rates",
     "write_report",
 ]
 
@@ -35,7 +36,6 @@ SUMMARY_FILE = "summary.json"
 PLOT_FILE = "accuracy.png"
 _TUNE_SEED = 0  # trainer.TUNE_SEED, kept here so that the report needs no torch
 _METHOD_ORDER = {"lora": 0, "lokr": 1, "full": 2, "scratch": 3}
-_TITLES = {"lora": "LoRA", "lokr": "LoKr", "full": "full fine-tuning", "scratch": "scratch"}
 NOISE = f"|diff| > {NOISE_FACTOR:g} x pooled sample std over seeds"
 
 
@@ -63,10 +63,26 @@ def picks(records: Sequence[RunRecord]) -> dict[str, float]:
     return {arm: lr for arm, (_, lr) in best.items()}
 
 
-def pick_rates(out_dir: Path, arms: Sequence[str], lrs: Sequence[float]) -> dict[str, float]:
-    """:func:`picks` over the tuning runs of ``arms`` at the rates ``lrs``."""
-    records = [r for r in load_records(out_dir) if r["arm"]["name"] in arms and r["lr"] in lrs]
-    return picks(records)
+def tried_rates(records: Sequence[RunRecord]) -> dict[str, list[float]]:
+    """The rates of each arm's tuning runs (diverged ones included), sorted."""
+    rates: dict[str, set[float]] = {}
+    for r in records:
+        if r["seed"] == _TUNE_SEED:
+            rates.setdefault(r["arm"]["name"], set()).add(float(r["lr"]))
+    return {arm: sorted(values) for arm, values in rates.items()}
+
+
+def at_edge(lr: float | None, tried: Sequence[float]) -> str | None:
+    """``"top"`` or ``"bottom"`` when ``lr`` is the largest or smallest of several rates
+    tried (the best rate may lie beyond), else None."""
+    if lr is None or len(tried) < 2:
+        return None
+    return "top" if lr == max(tried) else "bottom" if lr == min(tried) else None
+
+
+def pick_rates(out_dir: Path, arms: Sequence[str]) -> dict[str, float]:
+    """:func:`picks` over the tuning runs of ``arms`` in ``out_dir`` (every rate tried)."""
+    return picks([r for r in load_records(out_dir) if r["arm"]["name"] in arms])
 
 
 def _order(arm: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -93,7 +109,7 @@ def _arm_summary(name: str, runs: Sequence[RunRecord], lr: float | None) -> dict
         "trainable": first["trainable"],
         "grid": [{"lr": r["lr"], "val_accuracy": _val(r)} for r in tune],
         "picked_lr": lr,
-        "edge": lr is not None and len(rates) > 2 and lr in (min(rates), max(rates)),
+        "edge": at_edge(lr, rates) is not None,
         "seeds": [r["seed"] for r in finals],
         "test_accuracy": {
             "mean": mean(test) if test else None,
@@ -184,8 +200,3 @@ def write_report(out_dir: Path, *, plots: bool = True) -> list[Path]:
 
         paths.append(plot_accuracy(summary, out_dir / PLOT_FILE))
     return paths
-
-
-def load_summary(out_dir: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((out_dir / SUMMARY_FILE).read_text())
-    return data

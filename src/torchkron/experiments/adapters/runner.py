@@ -5,6 +5,7 @@ report. Finished runs are kept; a rerun trains only what is missing.
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import time
 from collections.abc import Sequence
@@ -14,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from torchkron.experiments.adapters.arms import Arm, require_peft, study_arms
-from torchkron.experiments.adapters.report import pick_rates, write_report
+from torchkron.experiments.adapters.report import (
+    at_edge,
+    load_records,
+    pick_rates,
+    picks,
+    tried_rates,
+    write_report,
+)
 from torchkron.experiments.adapters.source import ensure_source, load_source_state, state_sha256
 from torchkron.experiments.adapters.trainer import (
     TUNE_SEED,
@@ -32,7 +40,7 @@ from torchkron.experiments.common.runs import RunRecord, load_run
 from torchkron.experiments.mnist.compress import load_source
 from torchkron.experiments.mnist.config import TrainConfig
 
-__all__ = ["LOG_FILE", "StudyOptions", "run_study"]
+__all__ = ["LOG_FILE", "StudyOptions", "extension_jobs", "next_rate", "run_study"]
 
 LOG_FILE = "adapt.log"
 
@@ -54,6 +62,7 @@ class StudyOptions:
     workers: int = 1
     quiet: bool = False
     plots: bool = True
+    extend: int = 2
 
 
 def _finished(job: AdaptJob, out_dir: Path) -> bool:
@@ -203,7 +212,14 @@ def run_study(options: StudyOptions) -> Path:
                     f"{m['budget_count']:,} ({100 * m['relative_gap']:+.1f}%)"
                 )
         _phase("learning-rate search", _tune_jobs(arms, options.lrs), options, progress)
-        picked = pick_rates(options.out_dir, [a.name for a in arms], options.lrs)
+        for step in range(1, options.extend + 1):
+            # An arm whose best rate is the grid's largest (or smallest) tries one more
+            # beyond it: a fair comparison needs every arm's rate inside its search.
+            extra = extension_jobs(arms, load_records(options.out_dir))
+            if not extra:
+                break
+            _phase(f"learning-rate search beyond the grid, step {step}", extra, options, progress)
+        picked = pick_rates(options.out_dir, [a.name for a in arms])
         finals = [
             AdaptJob(arm, picked[arm.name], seed)
             for arm in arms
@@ -215,6 +231,28 @@ def run_study(options: StudyOptions) -> Path:
         paths = write_report(options.out_dir, plots=options.plots)
         progress.message(f"wrote {', '.join(str(p) for p in paths)}")
         return paths[0]
+
+
+def next_rate(lr: float, up: bool) -> float:
+    """The next rate of the 1-3-10 ladder above (or below) ``lr``: 1e-2 -> 3e-2 -> 1e-1."""
+    exponent = math.floor(math.log10(lr)) - 1
+    ladder = [m * 10.0**e for e in range(exponent, exponent + 4) for m in (1, 3)]
+    ladder = [float(f"{v:.0e}") for v in ladder]
+    if up:
+        return min(v for v in ladder if v > lr * 1.01)
+    return max(v for v in ladder if v < lr / 1.01)
+
+
+def extension_jobs(arms: Sequence[Arm], records: Sequence[RunRecord]) -> list[AdaptJob]:
+    """A tuning run one rate beyond the edge for each arm whose pick is at an edge of the
+    rates it has tried."""
+    picked, tried = picks(records), tried_rates(records)
+    jobs = []
+    for arm in arms:
+        edge = at_edge(picked.get(arm.name), tried.get(arm.name, []))
+        if edge is not None:
+            jobs.append(AdaptJob(arm, next_rate(picked[arm.name], edge == "top"), TUNE_SEED))
+    return jobs
 
 
 def _tune_jobs(arms: Sequence[Arm], lrs: Sequence[float]) -> list[AdaptJob]:

@@ -56,6 +56,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default 3e-4 1e-3 3e-3 1e-2)",
     )
     p.add_argument(
+        "--extend",
+        type=non_negative_int,
+        default=2,
+        metavar="N",
+        help="an arm whose best rate is the largest (smallest) tried tries the next rate of "
+        "the 1-3-10 ladder beyond it, up to N times (default %(default)s; 0: the grid only)",
+    )
+    p.add_argument(
         "--seeds",
         type=positive_int,
         default=3,
@@ -144,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         fashion_dir=None if data is None else data / "fashion-mnist",
         download=not args.no_download,
         workers=args.jobs,
+        extend=args.extend,
         quiet=args.quiet,
         plots=not args.no_plots,
     )
