@@ -80,12 +80,6 @@ def _grid(arms: Sequence[Arm]) -> list[str]:
     return lines
 
 
-def _verdict(c: Mapping[str, Any]) -> str:
-    if not c["beyond_noise"]:
-        return "within seed noise"
-    return "above, beyond seed noise" if c["diff"] > 0 else "below, beyond seed noise"
-
-
 def _findings(summary: Summary) -> list[str]:
     comps = summary["comparisons"]
     named = {a["name"]: a for a in summary["arms"]}
@@ -105,8 +99,8 @@ def _findings(summary: Summary) -> list[str]:
         for c in lokr:
             a, b = named[c["a"]], named[c["b"]]
             lines.append(
-                f"- LoRA's {b['trainable']:,}-parameter budget, LoKr at {a['trainable']:,}: "
-                f"{c['diff']:+.2f} pp, {_verdict(c)}. {c['text']}."
+                f"- LoRA's {b['trainable']:,}-parameter budget (LoKr at {a['trainable']:,}): "
+                f"{c['text']}."
             )
     for kind, title in (
         ("vs-full", "Against full fine-tuning"),
@@ -116,9 +110,7 @@ def _findings(summary: Summary) -> list[str]:
         group = [c for c in comps if c["kind"] == kind]
         if group:
             lines += ["", f"**{title}** (same epochs):", ""]
-            lines += [
-                f"- {c['a']}: {c['diff']:+.2f} pp, {_verdict(c)}. {c['text']}." for c in group
-            ]
+            lines += [f"- {c['text']}." for c in group]
     return lines
 
 
@@ -188,7 +180,9 @@ def results_markdown(summary: Summary) -> str:
         "## Learning-rate search",
         "",
         "Validation accuracy % (held-out training images) at the last epoch, seed 0; the "
-        "picked rate in bold. A pick at either end of the grid is marked (edge) above.",
+        "picked rate in bold. An arm whose best rate was the largest (or smallest) it had "
+        "tried also tried the next rate of the 1-3-10 ladder beyond it (`--extend`), so each "
+        "pick lies inside its arm's search unless marked (edge) above.",
         "",
         *_grid(arms),
         "",
