@@ -146,7 +146,9 @@ def test_v2_plan_sweeps_structured_families_and_fixes_dense() -> None:
     plan = study_plan_v2(vocab_size=65, base=LMConfig())
     fams = {"kron", "lowrank", "monarch", "kron-nomult", "lowrank-nomult"}
     assert {j.family for j in plan.sweep} == fams
-    assert len(plan.sweep) == 15
+    assert len(plan.sweep) == 23
+    grid = sorted(j.config.lr for j in plan.sweep if j.family == "kron-nomult")
+    assert grid == pytest.approx([1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2])
     for j in plan.sweep:  # the ablation's families sweep their own rate, no multipliers
         want = "two-rate" if j.family in NO_MULTIPLIER else "structure-aware"
         assert j.config.optimizer == want, j.name
@@ -180,21 +182,31 @@ def test_cli_v2_smoke_schedule_groups_and_report(text_dir: Path, tmp_path: Path)
         "lm", "sweep", "--study", "v2", "--out", str(out), "--data-dir", str(text_dir),
         "--any-text", "--iters", "6", "--sweep-iters", "4", "--eval-interval", "3",
         "--eval-iters", "1", "--lrs", "1e-3", "2e-3", "3e-3", "--seeds", "2",
-        "--only", "dense", "kron-mlp-k2-r4", "--jobs", "1", "--quiet", "--no-plots",
+        "--only", "dense", "kron-mlp-k2-r4", "kron-mlp-k2-r4-nomult", "--jobs", "1",
+        "--quiet", "--no-plots",
         "--lr-extend", "1", "--n-layer", "1", "--n-embd", "32", "--block-size", "16",
         "--first-study", str(ROOT / "results/lm"),
     ]  # fmt: skip
     assert main(args) == 0
     runs = {p.name: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
-    sweep = sorted(r["config"]["lr"] for n, r in runs.items() if n.startswith("lrsweep"))
+    sweep = sorted(
+        r["config"]["lr"]
+        for n, r in runs.items()
+        if n.startswith("lrsweep") and r["family"] == "kron"
+    )
     assert sweep[:3] == [1e-3, 2e-3, 3e-3]
     assert len(sweep) in (3, 4)
+    # the ablation: its own wider sweep and runs, factors without multipliers
+    ablation = runs["kron-mlp-k2-r4-nomult--seed1.json"]
+    assert ablation["config"]["optimizer"] == "two-rate"
+    nomult = [r for r in runs.values() if r["family"] == "kron-nomult" and r is not ablation]
+    assert len([r for r in nomult if r["extra"]["phase"] == "lr-sweep"]) >= 7
     kron = runs["kron-mlp-k2-r4--seed1.json"]
     assert kron["config"]["optimizer"] == "structure-aware"
     assert kron["config"]["dense_lr"] == DENSE_LR
     assert kron["extra"]["study"] == "v2"
     best = min(
-        (r for n, r in runs.items() if n.startswith("lrsweep")),
+        (r for n, r in runs.items() if n.startswith("lrsweep") and r["family"] == "kron"),
         key=lambda r: r["final"]["val_loss_full"],
     )
     assert kron["config"]["lr"] == best["config"]["lr"]
@@ -202,6 +214,7 @@ def test_cli_v2_smoke_schedule_groups_and_report(text_dir: Path, tmp_path: Path)
     text = (out / "results.md").read_text()
     assert "## Study v1 (one rate per model), from its run files" in text
     assert "| kron-mlp-k2-r4 | MLP Kronecker k=2 R=4 |" in text
+    assert "| kron-mlp-k2-r4-nomult | MLP Kronecker k=2 R=4, factors without multipliers |" in text
     assert "2 standard errors" in text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dense_lr"] == [DENSE_LR]

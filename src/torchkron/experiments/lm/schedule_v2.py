@@ -24,7 +24,8 @@ Jobs, in priority order (an interrupted study is useful early):
    ``optimizer="two-rate"`` (every non-structured parameter at the dense rate, every
    factor at one swept base rate, no multipliers), each with its own base-rate sweep. It
    splits v2's change from the first study into the dense rate's share (the confound)
-   and the multipliers' share.
+   and the multipliers' share. Its sweeps reach 16x further up than the others' (a
+   factor without its multiplier may need that much more).
 
 Models without structured layers (dense, narrower MLP, narrower model) train exactly as
 in the first study (every parameter at ``DENSE_LR``); they are rerun so that the second
@@ -207,6 +208,14 @@ def study_plan_v2(
     def recipe_of(family: str) -> LMConfig:
         return recipe.with_(optimizer="two-rate") if family in NO_MULTIPLIER else recipe
 
+    def grid_of(family: str) -> tuple[float, ...]:
+        # Without multipliers a factor's best rate may sit near the structure-aware
+        # rate, the base times a multiplier of up to ~16 here: the ablation's grid goes
+        # 16x past the top of the grid (a flat sweep would not trigger the extension).
+        if family not in NO_MULTIPLIER:
+            return tuple(lrs)
+        return tuple(sorted({*lrs, *(max(lrs) * 2**k for k in range(1, 5))}))
+
     swept = (*STRUCTURED_FAMILIES, *NO_MULTIPLIER)
     sweep = [
         job
@@ -215,7 +224,7 @@ def study_plan_v2(
         for job in sweep_jobs(
             by_name[representative[fam]],
             sweep_recipe(recipe_of(fam), sweep_iters),
-            lrs,
+            grid_of(fam),
             "base-rate sweep",
             study="v2",
         )

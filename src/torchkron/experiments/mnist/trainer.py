@@ -42,6 +42,7 @@ __all__ = [
     "evaluate",
     "prepare_data",
     "spec_fields",
+    "train_epoch",
     "train_run",
 ]
 
@@ -103,14 +104,14 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch: int) -> tuple[float,
     return float(loss_sum) / n, 100.0 * int(correct) / n
 
 
-def _train_epoch(
+def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     data: Prepared,
     batch: int,
     generator: torch.Generator,
 ) -> float:
-    """One shuffled pass; returns the mean training loss."""
+    """One shuffled pass over ``data.train_x``; returns the mean training loss."""
     n = data.train_x.shape[0]
     order = torch.randperm(n, generator=generator)
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -220,7 +221,7 @@ def train_run(
     hist = record["history"]
     for epoch in range(start + 1, config.epochs + 1):
         t0 = time.perf_counter()
-        train_loss = _train_epoch(model, optimizer, data, config.batch_size, generator)
+        train_loss = train_epoch(model, optimizer, data, config.batch_size, generator)
         scheduler.step()
         model.eval()
         test_loss, accuracy = evaluate(model, data.test_x, data.test_y, config.test_batch_size)
