@@ -209,7 +209,8 @@ def test_compress_with_calibration_and_distillation(synth, checkpoint, tmp_path,
     assert "calibration" not in kd
     # The plain conversion is the same in every run of rank 1.
     assert kd["output_error"] == kd["plain_output_error"] == block["plain_output_error"]
-    assert kd["converted"] == plain["extra"]["compress"]["converted"]
+    assert kd["converted"] == kd["plain_converted"] == plain["extra"]["compress"]["converted"]
+    assert block["plain_converted"] == kd["plain_converted"]
 
     summary = json.loads((out / "compress.json").read_text())
     (group,) = summary["groups"]

@@ -20,7 +20,8 @@ Two options change the fine-tune arm (each off by default, where the arm is as i
 A run with either records ``calibration`` / ``distill`` in its ``extra.compress`` block
 and both layer errors on held data (the test images): ``output_error`` (its conversion)
 and ``plain_output_error`` (the plain conversion at the same rank), each the relative
-``||(W - W_hat) X|| / ||W X||`` over the inputs the dense layer sees; its name gets
+``||(W - W_hat) X|| / ||W X||`` over the inputs the dense layer sees, and the plain
+conversion's test accuracy ``plain_converted`` (measured by the same code); its name gets
 ``-cal<N>`` / ``-kd<T>`` (``-a<alpha>``) suffixes, so runs of other settings never share
 a file and the run files of the default arm keep their names.
 
@@ -522,6 +523,10 @@ def run_compress(
             if setting:
                 info["output_error"] = layer_errors(dense, model, layers, held)
                 info["plain_output_error"] = plain_errors[rank]
+                # The plain conversion's accuracy, measured by this code like the run's own.
+                plain_model = plain[rank][0].eval()
+                loss, acc = evaluate(plain_model, data.test_x, data.test_y, config.test_batch_size)
+                info["plain_converted"] = {"test_loss": loss, "test_accuracy": acc}
             spec = spec_for(rank, "finetune", info)
             errors = ", ".join(f"{k} {v:.4f}" for k, v in info["approximation_error"].items())
             if job.seed == 0:

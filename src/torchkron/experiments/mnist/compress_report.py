@@ -113,6 +113,7 @@ def _setting_entry(
         "converted": dict(block.get("converted") or {}),
         "output_error": dict(block.get("output_error") or {}),
         "plain_output_error": dict(block.get("plain_output_error") or {}),
+        "plain_converted": dict(block.get("plain_converted") or {}),
         "minus_scratch": None,
         "beyond_noise": None,
     }
@@ -338,10 +339,18 @@ def _aware_error(rows: Sequence[Row]) -> dict[str, Any]:
 
 
 def _plain_converted(row: Row) -> float | None:
+    """The plain conversion's accuracy as the runs of the settings measured it (they run
+    the current code; the default arm's record may be older), else the default arm's."""
+    settings = list(row.get("settings", {}).values())
+    for entry in settings:
+        if entry["plain_converted"]:
+            return float(entry["plain_converted"]["test_accuracy"])
+    for entry in settings:
+        if not entry["key"][0] and entry["converted"]:
+            return float(entry["converted"]["test_accuracy"])
     if row["conversion"]:
         return float(row["conversion"]["converted"]["test_accuracy"])
-    plain = [e for e in row.get("settings", {}).values() if not e["key"][0] and e["converted"]]
-    return float(plain[0]["converted"]["test_accuracy"]) if plain else None
+    return None
 
 
 def _aware_accuracy(rows: Sequence[Row]) -> dict[str, Any]:
@@ -355,13 +364,17 @@ def _aware_accuracy(rows: Sequence[Row]) -> dict[str, Any]:
         return _finding("aware-converted", question, None, "Not tested: no run with both.")
     higher = [r for r, p, a in pairs if a > p]
     lower = [r for r, p, a in pairs if a < p]
+    equal = [r for r, p, a in pairs if a == p]
     span = "; ".join(f"rank {r['rank']}: {p:.2f}% -> {a:.2f}%" for r, p, a in pairs)
     if len(higher) == len(pairs):
         answer = f"Yes, at every rank run (plain -> activation-aware: {span})."
     else:
-        parts = [f"higher at ranks {_ranks(higher)}"] if higher else []
-        parts += [f"lower at ranks {_ranks(lower)}"] if lower else []
-        answer = f"{_sentence('; '.join(parts) or 'equal')} (plain -> activation-aware: {span})."
+        parts = [
+            f"{word} at ranks {_ranks(group)}"
+            for word, group in (("higher", higher), ("lower", lower), ("equal", equal))
+            if group
+        ]
+        answer = f"{_sentence('; '.join(parts))} (plain -> activation-aware: {span})."
     return _finding("aware-converted", question, len(higher) == len(pairs), answer)
 
 
@@ -390,7 +403,7 @@ def _tally(
         else ""
     )
     text = (
-        f"{mine} vs {theirs}: {'; '.join(parts)} (difference {min(diffs):+.2f} to "
+        f"{_sentence(mine)} vs {theirs}: {'; '.join(parts)} (difference {min(diffs):+.2f} to "
         f"{max(diffs):+.2f} pp{note})"
     )
     return text, bool(wins), bool(losses)
@@ -688,6 +701,18 @@ def _settings_lines(group: Mapping[str, Any]) -> list[str]:
         cells += [_pm(settings[lbl]["arm"]) if lbl in settings else "—" for _, lbl in labels]
         cells.append(_pm(r["scratch"]))
         lines.append("| " + " | ".join(cells) + " |")
+    drift = [
+        r["rank"]
+        for r in rows
+        if r["conversion"] and _plain_converted(r) != r["conversion"]["converted"]["test_accuracy"]
+    ]
+    if drift:
+        lines += [
+            "",
+            f"(a) plain is the plain conversion as the runs of this section measured it; at "
+            f"ranks {', '.join(map(str, drift))} the default arm's record above (made by an "
+            "earlier library version, whose SVD differs in round-off) has another value.",
+        ]
     lines += ["", "Findings:", ""]
     lines += [
         f"{i}. **{f['question']}** {f['answer']}"
