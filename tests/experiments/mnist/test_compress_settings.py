@@ -241,3 +241,64 @@ def test_compress_with_calibration_and_distillation(synth, checkpoint, tmp_path,
     (out / "compress.md").unlink()
     assert main(["compress", "--out", str(out), "--report-only", "--no-plots"]) == 0
     assert (out / "compress.md").read_text() == md
+
+
+# --- the findings of the settings section -------------------------------------------------
+
+
+def _vs(diff: float, beyond: bool, measured: bool = True) -> dict[str, object]:
+    return {"diff": diff, "beyond_noise": beyond, "measured": measured}
+
+
+def _setting_row(rank: int, aware_acc: float, plain_acc: float, vs_scratch) -> dict:
+    label = "activation-aware (N=64) + labels"
+    entry = {
+        "key": [64, 0.0, 0.0],
+        "label": label,
+        "arm": {"name": f"a{rank}", "seeds": 3},
+        "converted": {"test_accuracy": aware_acc},
+        "output_error": {"hidden": 0.5},
+        "plain_output_error": {"hidden": 0.6 if rank == 1 else 0.5},
+        "plain_converted": {"test_accuracy": plain_acc},
+        "vs_scratch": vs_scratch,
+        "vs_plain": None,
+        "vs_labels": None,
+    }
+    return {
+        "rank": rank,
+        "conversion": None,
+        "finetune": None,
+        "scratch": {"seeds": 3},
+        "finetune_minus_scratch": None,
+        "settings": {label: entry},
+    }
+
+
+def test_setting_findings_say_who_wins_plainly():
+    from torchkron.experiments.mnist.compress_report import setting_findings
+
+    rows = [
+        _setting_row(1, 20.0, 15.0, _vs(0.4, True)),
+        _setting_row(2, 10.0, 10.0, _vs(0.1, False)),
+        _setting_row(4, 30.0, 35.0, _vs(-0.5, True, measured=False)),
+    ]
+    found = {f["id"]: f for f in setting_findings(rows)}
+    assert found["aware-output-error"]["answer"] == (
+        "At ranks 1 only (plain hidden 0.6000 vs activation-aware hidden 0.5000 at rank 1; "
+        "plain hidden 0.5000 vs hidden 0.5000 at rank 4)."
+    )
+    assert found["aware-converted"]["answer"] == (
+        "Higher at ranks 1; lower at ranks 4; equal at ranks 2 (plain -> activation-aware: "
+        "rank 1: 15.00% -> 20.00%; rank 2: 10.00% -> 10.00%; rank 4: 35.00% -> 30.00%)."
+    )
+    assert found["aware-converted"]["holds"] is False
+    assert found["distill-vs-labels"]["holds"] is None
+    scratch = found["any-vs-scratch"]
+    assert scratch["holds"] is True
+    assert scratch["answer"] == (
+        "Yes: activation-aware (N=64) + labels. Activation-aware (N=64) + labels vs scratch: "
+        "activation-aware (N=64) + labels higher at ranks 1; scratch higher at ranks 4; "
+        "within seed noise at ranks 2 (difference -0.50 to +0.40 pp; one seed each at ranks "
+        "4: noise not measured there)."
+    )
+    assert setting_findings([{**rows[0], "settings": {}}]) == []

@@ -214,6 +214,6 @@ def test_a_teacher_goes_with_a_distillation_config(data, tmp_path):
         train_run(spec, 0, CONFIG.with_(distill_temperature=2.0), data, paths, command="t")
     with pytest.raises(ValueError, match=both):
         train_run(spec, 0, CONFIG, data, paths, command="t", teacher=_teacher(data))
+    config = CONFIG.with_(distill_temperature=2.0)
     with pytest.raises(ValueError, match=r"the teacher has 3 rows for 192 training images"):
-        config = CONFIG.with_(distill_temperature=2.0)
         train_run(spec, 0, config, data, paths, command="t", teacher=torch.zeros(3, 10))
