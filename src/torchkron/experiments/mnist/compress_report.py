@@ -149,7 +149,12 @@ def _rows(
             label = setting_label(setting)
             if label not in found:
                 found[label] = _setting_entry(block, variant, setting)
-        elif block["arm"] == "finetune" and row["finetune"] is None:
+        elif (
+            block["arm"] == "finetune"
+            and row["finetune"] is None
+            # The conversion of a run the summary kept (left-out runs may differ).
+            and int(record["seed"]) in variant["seeds"]
+        ):
             row["finetune"] = _arm(variant, {})
             row["conversion"] = {
                 k: block.get(k)
