@@ -184,7 +184,13 @@ def _compare_settings(row: dict[str, Any], variants: Mapping[str, Mapping[str, A
     ordered = sorted(row["settings"].values(), key=lambda e: e["key"])
     row["settings"] = {e["label"]: e for e in ordered}
     names = {tuple(e["key"]): e["arm"]["name"] for e in ordered}
-    if row["finetune"]:
+    plain = next((e["plain_converted"] for e in ordered if e["plain_converted"]), None)
+    if row["finetune"] and (
+        # A default arm converted by another library version (another plain start than
+        # these runs measured) is no counterpart: the comparison would show that drift.
+        plain is None
+        or plain == {k: row["conversion"]["converted"][k] for k in ("test_loss", "test_accuracy")}
+    ):
         names[(0, 0.0, 0.0)] = row["finetune"]["name"]
 
     def versus(name: str, other: str | None) -> dict[str, Any] | None:
