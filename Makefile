@@ -25,13 +25,17 @@ LM_DATA_DIR ?= $(if $(wildcard ../shared/data/tinyshakespeare),../shared/data/ti
 LM_DATA_ARG := $(if $(LM_DATA_DIR),--data-dir $(LM_DATA_DIR),)
 FASHION_DATA_DIR ?= $(if $(wildcard ../shared/data/fashion-mnist),../shared/data/fashion-mnist,)
 FASHION_DATA_ARG := $(if $(FASHION_DATA_DIR),--data-dir $(FASHION_DATA_DIR),)
+# The adapters study reads mnist/ and fashion-mnist/ from one folder.
+ADAPT_DATA_DIR ?= $(if $(wildcard ../shared/data/fashion-mnist),../shared/data,)
+ADAPT_DATA_ARG := $(if $(ADAPT_DATA_DIR),--data-dir $(ADAPT_DATA_DIR),)
 # Where the two controls of docs/reproduction.md train (untracked unless named results/...).
 PERMUTED_OUT  ?= runs/mnist-permuted
 FASHION_OUT   ?= runs/fashion-mnist
 
 .PHONY: venv test lint typecheck check check-wheel reproduce report results readme bench sweep \
 	compress-settings \
-	compress lm lm-report lm-v2 lm-v2-report lm-compress lm-compress-report clean \
+	compress lm lm-report lm-v2 lm-v2-report lm-compress lm-compress-report adapters \
+	adapters-report clean \
 	reproduce-permuted reproduce-fashion report-permuted report-fashion filters
 
 venv: $(STAMP)
@@ -111,7 +115,7 @@ results: $(STAMP)
 	$(BIN)/torchkron sweep --out results/sweep --report-only
 	$(BIN)/torchkron compress --out results/compress --report-only
 	$(BIN)/torchkron lm report results/lm
-	$(MAKE) lm-v2-report lm-compress-report
+	$(MAKE) lm-v2-report lm-compress-report adapters-report
 	$(MAKE) readme
 
 # The generated blocks of README.md and docs/*.md, and benchmarks/results/headline.md
@@ -164,6 +168,15 @@ lm-compress: $(STAMP)
 
 lm-compress-report: $(STAMP)
 	$(BIN)/torchkron lm compress-report results/lm-compress
+
+# LoKr (accelerated) against LoRA at equal trainable parameters, adapting the MNIST MLP to
+# Fashion-MNIST (docs/adapters.md); needs PEFT (the hf extra). Finished runs are kept, so
+# it resumes; a missing source model is retrained into results/adapters/source first.
+adapters: $(STAMP)
+	$(BIN)/torchkron adapt --out results/adapters --jobs 2 $(ADAPT_DATA_ARG) $(ARGS)
+
+adapters-report: $(STAMP)
+	$(BIN)/torchkron adapt --out results/adapters --report-only
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -288,48 +288,50 @@ def test_speed_summary_rows_come_from_the_bench_file():
     assert bench_headline.speed_summary([ROOT / "nope.json"]) == "_No benchmark results found._\n"
 
 
-def test_lm_headline_shows_only_measured_configs_and_findings(tmp_path):
-    def row(config, group, budget, family, losses, mlp=524288, attn=262144, params=1):
+def test_lm_v2_headline_pairs_each_cell_with_the_first_study(tmp_path):
+    def row(config, group, budget, family, losses, params=1):
         mean = sum(losses) / len(losses) if losses else None
         return {
             "config": config, "group": group, "budget": budget, "family": family,
-            "parameters": params, "mlp_weights": mlp, "attn_weights": attn,
-            "val_losses": losses, "val_mean": mean, "val_std": 0.007 if len(losses) > 1 else None,
+            "parameters": params, "val_losses": losses, "val_mean": mean,
+            "val_std": 0.004 if len(losses) > 1 else None,
         }  # fmt: skip
 
-    rows = [
-        row("dense", "none", "", "dense", [1.77, 1.78], params=804096),
-        row("kron-mlp-k2-r4", "mlp", "b4", "kron", [2.0, 2.01, 2.02], mlp=20480),
-        row("lowrank-mlp-r4", "mlp", "b4", "lowrank", [2.03], mlp=20480),
-        row("kron-attn-k2-r4", "attn", "b4", "kron", [], attn=13312),  # not run: no row
-        row("dense-e64", "model", "", "narrow", [1.91, 1.92], params=205440),
-    ]
+    measured = {"measured": True, "text": "...", "gap": 0.071, "se": 0.003, "verdict": "higher"}
     summary = {
         "machine": {"processor": "CPU X", "cpu_count": 2, "torch": "2.13.0+cpu"},
-        "complete_runs": 8,
-        "rows": rows,
+        "runs": 9,
+        "first_study_runs": 75,
+        "rows": [
+            row("dense", "none", "", "dense", [1.77, 1.78], params=804096),
+            row("kron-mlp-k2-r4", "mlp", "b4", "kron", [1.84, 1.85, 1.85]),
+            row("kron-mlp-k2-r4-nomult", "mlp", "b4", "kron-nomult", [1.95, 1.96]),
+            row("lowrank-mlp-r4", "mlp", "b4", "lowrank", [2.18]),
+            row("kron-attn-k2-r4", "attn", "b4", "kron", []),  # not run: no row
+            row("kron-mlp-k2-r4-e160", "wide", "flops", "kron", [1.80], params=9),
+        ],
+        "first_study_rows": [row("kron-mlp-k2-r4", "mlp", "b4", "kron", [2.0, 2.016])],
         "findings": [
-            {"question": "not a headline question", "text": "...", "gap": 1.0, "se": 0.1,
-             "verdict": "higher"},
-            {"question": "MLP at 3.9%: Kronecker vs dense", "text": "...", "gap": 0.2,
-             "se": 0.05, "verdict": "higher"},
-            {"question": "dense-recipe (lr 0.001) vs nanoGPT's 1.88 anchor",
-             "text": "dense-recipe 1.908 (n = 1), +0.028 vs 1.88", "gap": 0.028},
-            {"question": "Kronecker attention R=4 vs low-rank attention r=4",
-             "text": "not measured yet (lowrank-attn-r4 missing)"},
-            {"question": "MLP at 7.8%: Kronecker vs dense", "text": "...", "gap": 0.09,
-             "se": None, "verdict": "too few seeds"},
+            {"question": "MLP at 3.9%: Kronecker vs dense", "v2": measured,
+             "v1": {**measured, "gap": 0.232, "se": 0.024}},
+            {"question": "Kronecker in attention (R=4) vs dense", "v2": {"measured": False},
+             "v1": measured},
+            {"question": "equal compute: Kronecker MLP (R=4) vs dense",
+             "v2": {**measured, "se": None, "verdict": "too few seeds"},
+             "v1": {"measured": False}},
         ],
     }  # fmt: skip
     (tmp_path / "summary.json").write_text(json.dumps(summary))
-    text = result_views.lm_headline(tmp_path)
-    assert "| MLP, 3.9% | 2.010 ± 0.007 | 2.030 (1 seed) | — | — |" in text
+    text = result_views.lm_v2_headline(tmp_path)
+    # the ablation's family is not a column: it never replaces Kronecker's own cell
+    assert "| MLP, 3.9% | 1.847 ± 0.004 (2.008) | 2.180 (1 seed) | — | — |" in text
     assert "attention" not in text
-    assert "dense (804,096 params) 1.775 ± 0.007 (2 seeds); dense-e64 (205,440 params)" in text
-    lines = [line for line in text.splitlines() if line.startswith("- ")]
-    assert lines == [  # in LM_HEADLINE_FINDINGS order, measured ones only
-        "- dense-recipe (lr 0.001) vs nanoGPT's 1.88 anchor: 1.908 (+0.028)",
-        "- MLP at 3.9%: Kronecker vs dense: gap +0.200, SE 0.050, higher",
-        "- MLP at 7.8%: Kronecker vs dense: gap +0.090, too few seeds",
+    assert "7.8%" not in text
+    assert "References: dense (804,096 params) 1.775 ± 0.004 (2 seeds); " in text
+    assert "kron-mlp-k2-r4-e160 (9 params) 1.800 (1 seed)." in text
+    assert [line for line in text.splitlines() if line.startswith("- ")] == [
+        "- MLP at 3.9%: Kronecker vs dense: +0.071, SE 0.003, higher "
+        "(v1: +0.232, SE 0.024, higher)",
+        "- equal compute: Kronecker MLP (R=4) vs dense: +0.071, too few seeds",
     ]
-    assert "torch 2.13.0+cpu; 8 runs." in text
+    assert "torch 2.13.0+cpu; 9 + 75 runs." in text

@@ -12,6 +12,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT / "results" / "mnist"
+LM_V2 = ROOT / "results" / "lm-v2"
 
 
 def format_duration(seconds: float) -> str:
@@ -103,21 +104,9 @@ def plan_examples() -> str:
     return "\n".join(lines) + "\n"
 
 
-LM = ROOT / "results" / "lm"
-#: The README's findings of the GPT study, by question prefix, in this order (docs/lm.md
-#: has them all).
-LM_HEADLINE_FINDINGS = (
-    "dense-recipe",
-    "MLP at 3.9%",
-    "MLP at 7.8%",
-    "Kronecker MLP (R=4) vs dense n_embd 64",
-    "Kronecker attention R=4 vs",
-    "3 factors",
-    "matched compute: kron-mlp-k2-r4 ",
-)
+#: The README's GPT table: its columns (structure families) and rows (replaced linears).
 _LM_COLUMNS = (("kron", "Kronecker"), ("lowrank", "low-rank"), ("monarch", "Monarch"),
                ("narrow", "narrower dense"))  # fmt: skip
-_LM_REFERENCES = ("dense", "dense-e96", "dense-e64", "kron-both-k2-r4")
 _LM_ROWS = (("mlp", "b4", "MLP"), ("mlp", "b8", "MLP"), ("attn", "b4", "attention"))
 
 
@@ -129,37 +118,56 @@ def _lm_cell(r: dict[str, Any] | None) -> str:
     return f"{r['val_mean']:.3f}{std}" + ("" if n == 3 else f" ({n} seed{'s' if n > 1 else ''})")
 
 
-def lm_headline(folder: Path = LM) -> str:
-    """The README's view of the GPT study: the equal-weight comparison as one table (rows:
-    which linears are replaced and their weight budget; columns: the structure), the
-    reference models, and the headline findings; measured numbers only."""
+#: The README's GPT findings from study v2, by question prefix (each with its v1 gap).
+LM_V2_FINDINGS = (
+    "MLP at 3.9%: Kronecker vs dense",
+    "MLP at 3.9%: Kronecker vs narrower",
+    "MLP at 3.9%: Kronecker vs Monarch",
+    "MLP at 7.8%: Kronecker vs dense",
+    "Kronecker MLP (R=4) vs dense n_embd",
+    "Kronecker in attention",
+    "equal compute",
+    "Kronecker MLP (R=4): factors with vs without",
+    "low-rank MLP (r=4): factors with vs without",
+)
+
+
+def _gap(c: dict[str, Any]) -> str:
+    if not c.get("measured"):
+        return "not measured"
+    se = f", SE {c['se']:.3f}" if c.get("se") is not None else ""
+    return f"{c['gap']:+.3f}{se}, {c['verdict']}"
+
+
+def lm_v2_headline(folder: Path = LM_V2) -> str:
+    """The README's view of the GPT study: study v2 (dense parameters at dense's rate,
+    factors at their structure-aware rate) with the first study's number beside each
+    cell, the reference models and the headline findings; measured numbers only."""
     summary = _load(folder / "summary.json")
-    rows = summary["rows"]
+    rows = [r for r in summary["rows"] if r.get("val_losses")]
+    v1 = {r["config"]: r for r in summary["first_study_rows"] if r.get("val_losses")}
     m = summary["machine"]
     lines = [
-        f"Validation loss (nats/char, whole split, mean ± std over 3 seeds); "
+        "Validation loss (nats/char, whole split, mean ± std over 3 seeds unless marked); "
+        "study v2, with the first study (one rate per model) in brackets; "
         f"{m['processor']}, {m['cpu_count']} cores, torch {m['torch']}; "
-        f"{summary['complete_runs']} runs.",
+        f"{summary['runs']} + {summary['first_study_runs']} runs.",
         "",
         "| replaced linears, weights kept | " + " | ".join(c for _, c in _LM_COLUMNS) + " |",
         "|---|" + "---|" * len(_LM_COLUMNS),
     ]
-    dense = next((r for r in rows if r["config"] == "dense" and r.get("val_losses")), None)
     for group, budget, label in _LM_ROWS:
-        found = {
-            r["family"]: r
-            for r in rows
-            if (r["group"], r["budget"]) == (group, budget) and r.get("val_losses")
-        }
-        if not found or dense is None:
+        found = {r["family"]: r for r in rows if (r["group"], r["budget"]) == (group, budget)}
+        if not found:
             continue
-        key = f"{group}_weights"
-        kept = next(iter(found.values()))[key] / dense[key]
-        cells = [_lm_cell(found.get(family)) for family, _ in _LM_COLUMNS]
-        lines.append(f"| {label}, {100 * kept:.1f}% | " + " | ".join(cells) + " |")
-    refs = [
-        r for r in rows if r["config"] in ("dense", "dense-e96", "dense-e64", "kron-both-k2-r4")
-    ]
+        budget_label = {"b4": "3.9%", "b8": "7.8%"}[budget] if group == "mlp" else "R=4"
+        cells = []
+        for family, _ in _LM_COLUMNS:
+            r = found.get(family)
+            old = v1.get(r["config"]) if r else None
+            cells.append(_lm_cell(r) + (f" ({old['val_mean']:.3f})" if old else ""))
+        lines.append(f"| {label}, {budget_label} | " + " | ".join(cells) + " |")
+    refs = [r for r in rows if r["group"] in ("none", "model") or r["budget"] == "flops"]
     lines += [
         "",
         "References: "
@@ -167,15 +175,9 @@ def lm_headline(folder: Path = LM) -> str:
         + ".",
         "",
     ]
-    for prefix in LM_HEADLINE_FINDINGS:
+    for prefix in LM_V2_FINDINGS:
         for f in summary["findings"]:
-            if not f["question"].startswith(prefix) or "not measured" in f["text"]:
-                continue
-            if f.get("se") is not None:
-                verdict = f"gap {f['gap']:+.3f}, SE {f['se']:.3f}, {f['verdict']}"
-            elif "verdict" in f:  # one seed on a side: no standard error yet
-                verdict = f"gap {f['gap']:+.3f}, {f['verdict']}"
-            else:
-                verdict = f"{f['text'].split(' ')[1]} ({f['gap']:+.3f})"
-            lines.append(f"- {f['question']}: {verdict}")
+            if f["question"].startswith(prefix) and f["v2"].get("measured"):
+                old = f" (v1: {_gap(f['v1'])})" if f["v1"].get("measured") else ""
+                lines.append(f"- {f['question']}: {_gap(f['v2'])}{old}")
     return "\n".join(lines) + "\n"

@@ -70,10 +70,10 @@ def _plan_examples() -> str:
     return result_views.plan_examples()
 
 
-def _lm_headline() -> str:
+def _lm_v2_headline() -> str:
     from tools import result_views
 
-    return result_views.lm_headline()
+    return result_views.lm_v2_headline()
 
 
 VIEWS: dict[str, Callable[[], str]] = {
@@ -82,7 +82,7 @@ VIEWS: dict[str, Callable[[], str]] = {
     "speed-summary": _speed_summary,
     "reproduce-time": _reproduce_time,
     "plan-examples": _plan_examples,
-    "lm-headline": _lm_headline,
+    "lm-v2-headline": _lm_v2_headline,
 }
 
 

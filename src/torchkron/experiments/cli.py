@@ -86,6 +86,17 @@ COMMANDS: tuple[Command, ...] = (
         "compress.png. Resumable with --resume.",
     ),
     Command(
+        "adapt",
+        help="adapt the MNIST MLP to Fashion-MNIST: LoKr vs LoRA at equal trainable parameters",
+        description="Adapt the seed's original MLP, trained on MNIST (retrained into "
+        "OUT/source when missing), to Fashion-MNIST with PEFT LoRA at several ranks, PEFT LoKr "
+        "(accelerated by torchkron) at the configs matching each LoRA's trainable-parameter "
+        "count, full fine-tuning and training from scratch; each arm's Adam rate picked on "
+        "held-out training images, then several seeds at that rate. Writes OUT/runs, "
+        "results.md, summary.json and accuracy.png; finished runs are kept, so a rerun "
+        "resumes. Needs PEFT.",
+    ),
+    Command(
         "lm",
         help="character-level GPT on Tiny Shakespeare: dense vs Kronecker vs baselines",
         description="Train a nanoGPT-style GPT on Tiny Shakespeare with dense, Kronecker, "

@@ -235,3 +235,23 @@ def test_a_failed_run_in_a_worker_stops_the_session_with_its_message(synth, tmp_
     assert re.search(r"error: original seed \d: the loss became non-finite at epoch 1", err)
     assert not [p for p in bad.rglob("*") if p.name.endswith(".tmp")]
     assert not (bad / LOCK_FILE).exists()
+
+
+def test_ctrl_c_while_the_workers_are_being_started_is_not_lost(synth, tmp_path, monkeypatch):
+    # A Ctrl-C that lands while run_jobs submits (and so starts) the workers used to be
+    # ignored, and the session trained on to the end. It must stop the session instead.
+    from concurrent.futures import ProcessPoolExecutor
+
+    submit = ProcessPoolExecutor.submit
+
+    def interrupted_submit(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered at once unless blocked or ignored
+        return submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", interrupted_submit)
+    out = tmp_path / "out"
+    argv = ["reproduce", "--variants", "original", "--seeds", "2", "--jobs", "2", "--no-compare"]
+    code = main([*argv, "--data-dir", str(synth), "--out", str(out), "--no-plots", *FAST])
+    assert code == 130
+    assert not [p for p in (out / "runs").glob("*.json") if load_run(p)["complete"]]
+    assert not (out / LOCK_FILE).exists()

@@ -17,6 +17,7 @@ from torchkron.experiments.lm.gpt import GPT, GPTSpec, LinearSpec
 from torchkron.experiments.lm.report_v2 import confound, summarize_v2
 from torchkron.experiments.lm.schedule_v2 import (
     DENSE_LR,
+    NO_MULTIPLIER,
     equal_compute_width,
     study_plan_v2,
 )
@@ -57,6 +58,24 @@ def test_structure_aware_groups_have_the_expected_rates(mlp: LinearSpec) -> None
     assert "blocks.0.ln_1.weight" not in decayed
 
 
+@pytest.mark.parametrize("mlp", [KRON, LinearSpec("lowrank", rank=4)])
+def test_two_rate_groups_drop_only_the_multipliers(mlp: LinearSpec) -> None:
+    from torchkron.experiments.lm.trainer import _optimizer
+
+    model = GPT(GPTSpec(vocab_size=11, **SMALL, mlp=mlp))
+    base = {"lr": 1e-3, "dense_lr": 4e-3}
+    two = _groups_by_name(_optimizer(model, LMConfig(optimizer="two-rate", **base)))
+    aware = _groups_by_name(_optimizer(model, LMConfig(optimizer="structure-aware", **base)))
+    rules = {r.name: r for r in lr_multipliers(model)}
+    assert set(two) == set(aware)
+    for name, lr in two.items():
+        if rules[name].kind == "factor":
+            assert lr == 1e-3, name  # one rate for every factor
+            assert aware[name] == pytest.approx(1e-3 * rules[name].multiplier, rel=1e-12)
+        else:
+            assert lr == aware[name] == 4e-3, name
+
+
 def test_one_rate_mode_is_the_first_studys_optimizer() -> None:
     from torchkron.experiments.lm.trainer import _optimizer
 
@@ -94,7 +113,10 @@ def test_schedule_scales_every_group_and_resumes_exactly(text_dir: Path, tmp_pat
 
 
 def test_config_rejects_unknown_optimizer_and_bad_dense_lr() -> None:
-    with pytest.raises(UserError, match=r"--optimizer must be one of one-rate, structure-aware"):
+    with pytest.raises(
+        UserError,
+        match=r"--optimizer must be one of one-rate, structure-aware, two-rate, got 'muP'",
+    ):
         LMConfig(optimizer="muP")
     with pytest.raises(UserError, match=r"--dense-lr must be a finite number >= 0 \(0: --lr\)"):
         LMConfig(dense_lr=float("nan"))
@@ -122,12 +144,25 @@ def test_equal_compute_width_matches_dense_flops() -> None:
 
 def test_v2_plan_sweeps_structured_families_and_fixes_dense() -> None:
     plan = study_plan_v2(vocab_size=65, base=LMConfig())
-    assert {j.family for j in plan.sweep} == {"kron", "lowrank", "monarch"}
-    assert len(plan.sweep) == 9
-    assert all(j.config.optimizer == "structure-aware" for j in plan.sweep)
+    fams = {"kron", "lowrank", "monarch", "kron-nomult", "lowrank-nomult"}
+    assert {j.family for j in plan.sweep} == fams
+    assert len(plan.sweep) == 23
+    grid = sorted(j.config.lr for j in plan.sweep if j.family == "kron-nomult")
+    assert grid == pytest.approx([1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2])
+    for j in plan.sweep:  # the ablation's families sweep their own rate, no multipliers
+        want = "two-rate" if j.family in NO_MULTIPLIER else "structure-aware"
+        assert j.config.optimizer == want, j.name
     assert all(j.config.dense_lr == DENSE_LR for j in plan.sweep)
     by = {(p.job.name, p.job.seed): p for p in plan.main}
-    assert len(by) == 39
+    assert len(by) == 45
+    ablation = by[("lowrank-mlp-r4-nomult", 1)]
+    assert ablation.lr_family == "lowrank-nomult"
+    assert ablation.job.config.optimizer == "two-rate"
+    assert ablation.job.spec == by[("lowrank-mlp-r4", 1)].job.spec
+    assert [p.job.name for p in plan.main][-6:] == [
+        "kron-mlp-k2-r4-nomult",
+        "lowrank-mlp-r4-nomult",
+    ] * 3  # last: an interrupted study has every config of the question first
     assert {s for _, s in by} == {0, 1, 2}
     assert by[("dense", 0)].lr_family is None
     assert by[("dense", 0)].job.config.lr == DENSE_LR
@@ -147,21 +182,31 @@ def test_cli_v2_smoke_schedule_groups_and_report(text_dir: Path, tmp_path: Path)
         "lm", "sweep", "--study", "v2", "--out", str(out), "--data-dir", str(text_dir),
         "--any-text", "--iters", "6", "--sweep-iters", "4", "--eval-interval", "3",
         "--eval-iters", "1", "--lrs", "1e-3", "2e-3", "3e-3", "--seeds", "2",
-        "--only", "dense", "kron-mlp-k2-r4", "--jobs", "1", "--quiet", "--no-plots",
+        "--only", "dense", "kron-mlp-k2-r4", "kron-mlp-k2-r4-nomult", "--jobs", "1",
+        "--quiet", "--no-plots",
         "--lr-extend", "1", "--n-layer", "1", "--n-embd", "32", "--block-size", "16",
         "--first-study", str(ROOT / "results/lm"),
     ]  # fmt: skip
     assert main(args) == 0
     runs = {p.name: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
-    sweep = sorted(r["config"]["lr"] for n, r in runs.items() if n.startswith("lrsweep"))
+    sweep = sorted(
+        r["config"]["lr"]
+        for n, r in runs.items()
+        if n.startswith("lrsweep") and r["family"] == "kron"
+    )
     assert sweep[:3] == [1e-3, 2e-3, 3e-3]
     assert len(sweep) in (3, 4)
+    # the ablation: its own wider sweep and runs, factors without multipliers
+    ablation = runs["kron-mlp-k2-r4-nomult--seed1.json"]
+    assert ablation["config"]["optimizer"] == "two-rate"
+    nomult = [r for r in runs.values() if r["family"] == "kron-nomult" and r is not ablation]
+    assert len([r for r in nomult if r["extra"]["phase"] == "lr-sweep"]) >= 7
     kron = runs["kron-mlp-k2-r4--seed1.json"]
     assert kron["config"]["optimizer"] == "structure-aware"
     assert kron["config"]["dense_lr"] == DENSE_LR
     assert kron["extra"]["study"] == "v2"
     best = min(
-        (r for n, r in runs.items() if n.startswith("lrsweep")),
+        (r for n, r in runs.items() if n.startswith("lrsweep") and r["family"] == "kron"),
         key=lambda r: r["final"]["val_loss_full"],
     )
     assert kron["config"]["lr"] == best["config"]["lr"]
@@ -169,6 +214,7 @@ def test_cli_v2_smoke_schedule_groups_and_report(text_dir: Path, tmp_path: Path)
     text = (out / "results.md").read_text()
     assert "## Study v1 (one rate per model), from its run files" in text
     assert "| kron-mlp-k2-r4 | MLP Kronecker k=2 R=4 |" in text
+    assert "| kron-mlp-k2-r4-nomult | MLP Kronecker k=2 R=4, factors without multipliers |" in text
     assert "2 standard errors" in text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dense_lr"] == [DENSE_LR]
@@ -198,9 +244,26 @@ def test_confound_share_is_the_part_of_the_gap_that_went_away() -> None:
     assert row["change_verdict"] == "lower"
 
 
+def test_ablation_splits_the_change_into_dense_rate_and_multipliers() -> None:
+    dense = _row("dense", [1.77, 1.78, 1.78], "dense")
+    v1 = [dense, _row("lowrank-mlp-r4", [2.0, 2.0, 2.03], "lowrank")]
+    v2 = [
+        dense,
+        _row("lowrank-mlp-r4", [2.2, 2.18, 2.19], "lowrank"),
+        _row("lowrank-mlp-r4-nomult", [1.95, 1.94, 1.96], "lowrank-nomult"),
+    ]
+    (row,) = confound(v1, v2)  # the ablation itself gets no row of its own
+    mean_dense = (1.77 + 1.78 + 1.78) / 3
+    gap1, gap0 = 2.01 - mean_dense, 1.95 - mean_dense
+    assert row["config"] == "lowrank-mlp-r4"
+    assert row["gap_nomult"] == pytest.approx(gap0)
+    assert row["explained_rate"] == pytest.approx((gap1 - gap0) / gap1)
+    assert row["explained"] < 0 < row["explained_rate"]  # the multipliers made it worse
+
+
 def test_report_of_no_runs_lists_everything_missing() -> None:
     summary = summarize_v2([], [])
-    assert len(summary["missing"]) == 39
+    assert len(summary["missing"]) == 45
     assert all(f["v2"]["text"].startswith("not measured") for f in summary["findings"])
 
 

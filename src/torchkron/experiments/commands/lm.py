@@ -118,14 +118,15 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
         default=_default("optimizer"),
         help="one-rate: every parameter at --lr (the first study); structure-aware: "
         "non-structured parameters at --dense-lr, factors at --lr x their "
-        "torchkron.lr_multipliers multiplier (default %(default)s; sweep --study v2: "
-        "structure-aware)",
+        "torchkron.lr_multipliers multiplier; two-rate: as structure-aware without the "
+        "multipliers, every factor at --lr (the v2 ablation) (default %(default)s; sweep "
+        "--study v2: structure-aware)",
     )
     g.add_argument(
         "--dense-lr",
         type=non_negative_float,
         default=None,
-        help="structure-aware: peak lr of the non-structured parameters (default: --lr; "
+        help="structure-aware, two-rate: peak lr of the non-structured parameters (default: --lr; "
         "sweep --study v2: the first study's best dense lr, 4e-3)",
     )
 

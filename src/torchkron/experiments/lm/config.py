@@ -11,7 +11,7 @@ from torchkron.experiments.common.errors import UserError
 __all__ = ["OPTIMIZERS", "LMConfig"]
 
 #: How the trainer sets learning rates (see :class:`LMConfig`).
-OPTIMIZERS = ("one-rate", "structure-aware")
+OPTIMIZERS = ("one-rate", "structure-aware", "two-rate")
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,12 @@ class LMConfig(ConfigDict):
         optimizer: ``"one-rate"`` (the first study: every parameter at ``lr``) or
             ``"structure-aware"`` (every non-structured parameter at ``dense_lr``, every
             factor of a structured layer at ``lr`` times its
-            :func:`torchkron.lr_multipliers` multiplier).
-        dense_lr: ``structure-aware``: peak rate of every non-structured parameter
-            (embeddings, dense attention, norms, head; 0: ``lr``). Unused by ``one-rate``.
+            :func:`torchkron.lr_multipliers` multiplier) or ``"two-rate"`` (the second
+            study's ablation: as ``structure-aware`` but every factor at ``lr`` itself,
+            without its multiplier).
+        dense_lr: ``structure-aware`` and ``two-rate``: peak rate of every non-structured
+            parameter (embeddings, dense attention, norms, head; 0: ``lr``). Unused by
+            ``one-rate``.
     """
 
     iters: int = 2000

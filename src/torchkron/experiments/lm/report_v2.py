@@ -28,7 +28,7 @@ from torchkron.experiments.lm.report import (
     summarize,
     write_report,
 )
-from torchkron.experiments.lm.schedule_v2 import study_configs_v2
+from torchkron.experiments.lm.schedule_v2 import NO_MULTIPLIER, study_configs_v2
 from torchkron.experiments.lm.trainer import final_score
 
 __all__ = ["report_v2_markdown", "summarize_v2", "write_any_report", "write_report_v2"]
@@ -45,6 +45,8 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("Kronecker in attention, the whole model narrower", ("dense", "kron-attn-k2-r4",
                                                           "dense-e64", "dense-e96")),
+    ("Ablation at 3.9%: the factors without their multipliers", ("dense", "kron-mlp-k2-r4",
+     "kron-mlp-k2-r4-nomult", "lowrank-mlp-r4", "lowrank-mlp-r4-nomult")),
 )  # fmt: skip
 #: Findings: (question, config a, config b); "WIDE" is the equal-compute config.
 QUESTIONS: tuple[tuple[str, str, str], ...] = (
@@ -60,7 +62,11 @@ QUESTIONS: tuple[tuple[str, str, str], ...] = (
     ("Kronecker MLP (R=4) vs dense n_embd 96 (more parameters)", "kron-mlp-k2-r4", "dense-e96"),
     ("Kronecker in attention (R=4) vs dense", "kron-attn-k2-r4", "dense"),
     ("equal compute: Kronecker MLP (R=4), widened to dense's FLOPs, vs dense", "WIDE", "dense"),
-)
+    ("Kronecker MLP (R=4): factors with vs without multipliers", "kron-mlp-k2-r4",
+     "kron-mlp-k2-r4-nomult"),
+    ("low-rank MLP (r=4): factors with vs without multipliers", "lowrank-mlp-r4",
+     "lowrank-mlp-r4-nomult"),
+)  # fmt: skip
 
 
 def _base_spec(records: Sequence[RunRecord]) -> GPTSpec:
@@ -153,7 +159,10 @@ def _wide(rows: Sequence[dict[str, Any]]) -> str:
 def confound(v1: Sequence[dict[str, Any]], v2: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """For each config with structured layers: its gap to dense in each study, and the
     share of the first study's gap that the second removed, ``(gap1 - gap2) / gap1``
-    (the part the one-rate setup, not the structure, explained; negative: the gap grew)."""
+    (the part the one-rate setup, not the structure, explained; negative: the gap grew).
+    Where the ablation ran (:data:`NO_MULTIPLIER`), also its gap (``gap_nomult``) and the
+    share the dense rate alone removed (``explained_rate``): the confound proper."""
+    ablation = {name.removesuffix("-nomult"): name for name in NO_MULTIPLIER.values()}
     out = []
     for r2 in v2:
         name = r2["config"]
@@ -163,6 +172,11 @@ def confound(v1: Sequence[dict[str, Any]], v2: Sequence[dict[str, Any]]) -> list
         row: dict[str, Any] = {"config": name, "gap_v1": g1.get("gap"), "gap_v2": g2.get("gap")}
         if g1.get("gap") is not None and g2.get("gap") is not None and g1["gap"] > 0:
             row["explained"] = (g1["gap"] - g2["gap"]) / g1["gap"]
+        if name in ablation:
+            g0 = _cmp(v2, ablation[name], "dense").get("gap")
+            row["gap_nomult"] = g0
+            if g0 is not None and g1.get("gap") is not None and g1["gap"] > 0:
+                row["explained_rate"] = (g1["gap"] - g0) / g1["gap"]
         change = _cross(v1, v2, name)
         row["change"] = change.get("gap")
         row["change_verdict"] = change.get("verdict", "not measured")
@@ -329,15 +343,22 @@ def report_v2_markdown(summary: dict[str, Any]) -> str:
         "Gap = the config's mean validation loss minus dense's, in each study; explained = "
         "(v1 gap - v2 gap) / v1 gap, the share of the first study's gap that training the "
         "dense parameters at dense's rate (and the factors at their multipliers) removed; "
-        "change = the config's v2 mean minus its v1 mean, with the criterion below.",
+        "change = the config's v2 mean minus its v1 mean, with the criterion below. The "
+        "ablation (tier 4) splits the two parts of that change: gap without multipliers = "
+        "the same model with every dense parameter at dense's rate but the factors at one "
+        "swept rate, no multipliers; explained by the dense rate alone = (v1 gap - that "
+        "gap) / v1 gap, the confound proper; the rest is the multipliers'.",
         "",
-        "| config | v1 gap | v2 gap | explained | change v2 - v1 | change verdict |",
-        "|---|---:|---:|---:|---:|---|",
+        "| config | v1 gap | v2 gap | explained | gap without multipliers | explained by the "
+        "dense rate alone | change v2 - v1 | change verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for c in summary["confound"]:
         lines.append(
             f"| {c['config']} | {_signed(c['gap_v1'])} | {_signed(c['gap_v2'])} | "
-            f"{_pct(c.get('explained'))} | {_signed(c['change'])} | {c['change_verdict']} |"
+            f"{_pct(c.get('explained'))} | {_signed(c.get('gap_nomult'))} | "
+            f"{_pct(c.get('explained_rate'))} | {_signed(c['change'])} | "
+            f"{c['change_verdict']} |"
         )
     lines += ["", "### Findings, each in both studies", "", _criterion(), ""]
     for f in summary["findings"]:

@@ -19,7 +19,13 @@ Jobs, in priority order (an interrupted study is useful early):
 2. tier 1, the 3.9% MLP budget (dense, Kronecker, low-rank, Monarch, narrower MLP), by
    seed: seed 0 of each, then seed 1, then seed 2;
 3. tier 2, the 7.8% budget and the equal-compute Kronecker model (:func:`equal_compute_width`);
-4. tier 3, Kronecker in attention and the whole-model-narrower dense baselines.
+4. tier 3, Kronecker in attention and the whole-model-narrower dense baselines;
+5. tier 4, the ablation: Kronecker and low-rank at the 3.9% budget with
+   ``optimizer="two-rate"`` (every non-structured parameter at the dense rate, every
+   factor at one swept base rate, no multipliers), each with its own base-rate sweep. It
+   splits v2's change from the first study into the dense rate's share (the confound)
+   and the multipliers' share. Its sweeps reach 16x further up than the others' (a
+   factor without its multiplier may need that much more).
 
 Models without structured layers (dense, narrower MLP, narrower model) train exactly as
 in the first study (every parameter at ``DENSE_LR``); they are rerun so that the second
@@ -51,6 +57,7 @@ from torchkron.experiments.lm.schedule import (
 
 __all__ = [
     "DENSE_LR",
+    "NO_MULTIPLIER",
     "STRUCTURED_FAMILIES",
     "equal_compute_width",
     "study_configs_v2",
@@ -62,6 +69,9 @@ __all__ = [
 DENSE_LR = 4e-3
 #: Families whose base rate is swept (their layers have factors).
 STRUCTURED_FAMILIES = ("kron", "lowrank", "monarch")
+#: The ablation's families (tier 4) and the config of each: factors at one rate without
+#: their multipliers (``optimizer="two-rate"``); ``"-nomult"`` names the v2 config it ablates.
+NO_MULTIPLIER = {"kron-nomult": "kron-mlp-k2-r4-nomult", "lowrank-nomult": "lowrank-mlp-r4-nomult"}
 #: The width search of :func:`equal_compute_width` stops at this many times the width.
 MAX_WIDEN = 8
 
@@ -149,8 +159,17 @@ def study_configs_v2(base: GPTSpec) -> list[LMConfigSpec]:
         cfg("kron-attn-k2-r4", "kron", "attn", "b4", 30, attn=_kron(4)),
         cfg("dense-e64", "narrow", "model", "", 31, n_embd=64),
         cfg("dense-e96", "narrow", "model", "", 32, n_embd=96),
+        # tier 4: the ablation (no multipliers)
+        cfg("kron-mlp-k2-r4-nomult", "kron-nomult", "mlp", "b4", 40, mlp=_kron(4)),
+        cfg("lowrank-mlp-r4-nomult", "lowrank-nomult", "mlp", "b4", 41,
+            mlp=LinearSpec("lowrank", rank=4)),
+    ]  # fmt: skip
+    return [
+        replace(c, description=f"{c.description}, factors without multipliers")
+        if c.family in NO_MULTIPLIER
+        else c
+        for c in configs
     ]
-    return configs
 
 
 def study_plan_v2(
@@ -184,14 +203,28 @@ def study_plan_v2(
     configs = select_configs(study_configs_v2(spec), only)
     recipe = base.with_(optimizer="structure-aware", dense_lr=dense_lr)
     by_name = {c.name: c for c in study_configs_v2(spec)}
+    representative = {**REPRESENTATIVES, **NO_MULTIPLIER}
+
+    def recipe_of(family: str) -> LMConfig:
+        return recipe.with_(optimizer="two-rate") if family in NO_MULTIPLIER else recipe
+
+    def grid_of(family: str) -> tuple[float, ...]:
+        # Without multipliers a factor's best rate may sit near the structure-aware
+        # rate, the base times a multiplier of up to ~16 here: the ablation's grid goes
+        # 16x past the top of the grid (a flat sweep would not trigger the extension).
+        if family not in NO_MULTIPLIER:
+            return tuple(lrs)
+        return tuple(sorted({*lrs, *(max(lrs) * 2**k for k in range(1, 5))}))
+
+    swept = (*STRUCTURED_FAMILIES, *NO_MULTIPLIER)
     sweep = [
         job
-        for fam in STRUCTURED_FAMILIES
+        for fam in swept
         if any(c.family == fam for c in configs)
         for job in sweep_jobs(
-            by_name[REPRESENTATIVES[fam]],
-            sweep_recipe(recipe, sweep_iters),
-            lrs,
+            by_name[representative[fam]],
+            sweep_recipe(recipe_of(fam), sweep_iters),
+            grid_of(fam),
             "base-rate sweep",
             study="v2",
         )
@@ -200,8 +233,8 @@ def study_plan_v2(
         planned
         for c in configs
         for planned in (
-            main_jobs(c, recipe, seeds, c.family, study="v2")
-            if c.family in STRUCTURED_FAMILIES
+            main_jobs(c, recipe_of(c.family), seeds, c.family, study="v2")
+            if c.family in swept
             else main_jobs(c, recipe.with_(lr=dense_lr), seeds, None, study="v2")
         )
     ]

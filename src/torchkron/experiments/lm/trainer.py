@@ -182,7 +182,7 @@ class EvalEvent:
 
 
 def _optimizer(model: nn.Module, config: LMConfig) -> torch.optim.AdamW:
-    if config.optimizer == "structure-aware":
+    if config.optimizer in ("structure-aware", "two-rate"):
         return torch.optim.AdamW(
             structure_aware_groups(model, config),
             lr=config.lr,
@@ -202,10 +202,11 @@ def _optimizer(model: nn.Module, config: LMConfig) -> torch.optim.AdamW:
 
 
 def structure_aware_groups(model: nn.Module, config: LMConfig) -> list[dict[str, Any]]:
-    """AdamW groups of ``optimizer="structure-aware"``.
+    """AdamW groups of ``optimizer="structure-aware"`` (and of its ablation ``"two-rate"``).
 
     Every factor of a ``KronLinear`` / ``LowRankLinear`` / ``MonarchLinear`` trains at
-    ``config.lr`` times its :func:`torchkron.lr_multipliers` multiplier, every other
+    ``config.lr`` times its :func:`torchkron.lr_multipliers` multiplier (``two-rate``:
+    times 1, which separates the multipliers' effect from the dense rate's), every other
     parameter at ``config.dense_rate``. Weight decay as the first study's (nanoGPT's):
     every tensor of 2+ dimensions, embeddings included, so that a model without
     structured layers trains exactly as it did there. Each group's ``lr_scale`` is its
@@ -215,7 +216,7 @@ def structure_aware_groups(model: nn.Module, config: LMConfig) -> list[dict[str,
     groups: dict[tuple[float, bool], dict[str, Any]] = {}
     for rule in lr_multipliers(model, decay_embeddings=True):
         base = config.lr if rule.kind == "factor" else config.dense_rate
-        peak = base * rule.multiplier
+        peak = base * (1.0 if config.optimizer == "two-rate" else rule.multiplier)
         group = groups.setdefault(
             (peak, rule.decay),
             {

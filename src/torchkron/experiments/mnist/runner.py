@@ -214,6 +214,9 @@ def _init_worker(events: Any, stop: Any, data_dir: Path | None, config: TrainCon
     exit_with_parent()
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    # Started with SIGINT blocked (see run_jobs): a Ctrl-C that came while this process
+    # imported is delivered now, to the handler.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _WORKER["events"] = events
     _WORKER["stop_event"] = stop
     if stop.is_set():
@@ -287,14 +290,16 @@ def run_jobs(
     )
     futures: dict[Future[RunRecord], Job] = {}
     try:
-        # The workers start during submit; with SIGINT ignored meanwhile they inherit
-        # that, so a Ctrl-C while they import torch cannot kill one with a traceback (the
-        # initializer then installs their handler).
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # The workers start during submit; with SIGINT blocked meanwhile they inherit the
+        # mask (it survives fork and exec), so a Ctrl-C while they import torch cannot kill
+        # one with a traceback: it waits until the initializer has installed their handler.
+        # Blocked, not ignored: a Ctrl-C during submit stays pending here too and raises
+        # KeyboardInterrupt once unblocked (ignoring it lost it, and the session ran on).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             futures = {pool.submit(_run_in_worker, j, config, out_dir, command): j for j in ordered}
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         pending = set(futures)
         while pending:
             _drain(events, on_epoch)

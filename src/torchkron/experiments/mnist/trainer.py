@@ -43,6 +43,7 @@ __all__ = [
     "evaluate",
     "prepare_data",
     "spec_fields",
+    "train_epoch",
     "train_run",
 ]
 
@@ -104,17 +105,21 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch: int) -> tuple[float,
     return float(loss_sum) / n, 100.0 * int(correct) / n
 
 
-def _train_epoch(
+def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     data: Prepared,
-    config: TrainConfig,
+    batch: int,
     generator: torch.Generator,
-    teacher: Tensor | None,
+    *,
+    teacher: Tensor | None = None,
+    config: TrainConfig | None = None,
 ) -> float:
-    """One shuffled pass; returns the mean training loss (with a teacher: the
-    distillation loss of ``config``)."""
-    batch = config.batch_size
+    """One shuffled pass over ``data.train_x``; returns the mean training loss.
+
+    With ``teacher`` (its log-probabilities for the rows of ``data.train_x``) and a
+    ``config`` with ``distill_temperature`` set, the loss is that config's distillation
+    loss instead of the labels' NLL."""
     n = data.train_x.shape[0]
     order = torch.randperm(n, generator=generator)
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -127,7 +132,7 @@ def _train_epoch(
         optimizer.zero_grad()
         out = model(x)  # (b, 10) log-probabilities
         loss = F.nll_loss(out, y)
-        if teacher is not None and config.distill_temperature is not None:
+        if teacher is not None and config is not None and config.distill_temperature:
             soft = distillation_loss(
                 out, torch.index_select(teacher, 0, idx), config.distill_temperature
             )
@@ -244,7 +249,9 @@ def train_run(
     hist = record["history"]
     for epoch in range(start + 1, config.epochs + 1):
         t0 = time.perf_counter()
-        train_loss = _train_epoch(model, optimizer, data, config, generator, teacher)
+        train_loss = train_epoch(
+            model, optimizer, data, config.batch_size, generator, teacher=teacher, config=config
+        )
         scheduler.step()
         model.eval()
         test_loss, accuracy = evaluate(model, data.test_x, data.test_y, config.test_batch_size)
