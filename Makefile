@@ -33,6 +33,7 @@ PERMUTED_OUT  ?= runs/mnist-permuted
 FASHION_OUT   ?= runs/fashion-mnist
 
 .PHONY: venv test lint typecheck check check-wheel reproduce report results readme bench sweep \
+	compress-settings \
 	compress lm lm-report lm-v2 lm-v2-report lm-compress lm-compress-report adapters \
 	adapters-report clean \
 	reproduce-permuted reproduce-fashion report-permuted report-fashion filters
@@ -130,6 +131,20 @@ sweep: $(STAMP)
 
 compress: $(STAMP)
 	$(BIN)/torchkron compress --layers hidden --reuse-from results/sweep $(DATA_ARG) $(ARGS)
+
+# The fine-tune settings of the compress study (docs/frontier.md): activation-aware
+# conversion and distillation, 3 seeds at five ranks, one seed at the rest; resumable
+# (finished runs are kept). COMPRESS_OUT=results/compress adds them to the committed study.
+COMPRESS_OUT ?= runs/compress
+COMPRESS_SET := --out $(COMPRESS_OUT) --resume --layers hidden --no-scratch --no-plots $(DATA_ARG) $(ARGS)
+compress-settings: $(STAMP)
+	$(BIN)/torchkron compress $(COMPRESS_SET) --ranks 1 2 4 8 16 --finetune-seeds 3 --calibration 1024
+	$(BIN)/torchkron compress $(COMPRESS_SET) --ranks 1 2 4 8 16 --finetune-seeds 3 --calibration 1024 --distill
+	$(BIN)/torchkron compress $(COMPRESS_SET) --ranks 1 2 4 8 16 --finetune-seeds 3
+	$(BIN)/torchkron compress $(COMPRESS_SET) --ranks 1 2 4 8 16 --finetune-seeds 3 --distill
+	$(BIN)/torchkron compress $(COMPRESS_SET) --calibration 1024 --distill
+	$(BIN)/torchkron compress $(COMPRESS_SET) --calibration 1024
+	$(BIN)/torchkron compress --out $(COMPRESS_OUT) --report-only
 
 # The GPT study (docs/lm.md): lr sweeps, then every config x 3 seeds; resumable.
 lm: $(STAMP)

@@ -169,3 +169,51 @@ def test_flat_adadelta_state_dict_round_trip():
         assert torch.equal(a, b)
     # Gradients still land in the flat buffer after loading.
     assert opt2._grad.abs().sum() > 0
+
+
+def _teacher(data) -> torch.Tensor:
+    torch.manual_seed(7)
+    teacher = build_mlp(get_variant("dense-h2")).eval()
+    with torch.no_grad():
+        return teacher(data.train_x)  # (N, 10) log-probabilities
+
+
+def test_distillation_with_the_whole_share_on_the_labels_is_label_training(data, tmp_path):
+    """``distill_alpha=1`` weighs the KL term by 0: the run must match label training
+    step for step, which checks that the teacher's rows follow the shuffled batches."""
+    paths = RunPaths.under(tmp_path / "kd", "dense-h2", 0)
+    config = CONFIG.with_(distill_temperature=3.0, distill_alpha=1.0)
+    spec = get_variant("dense-h2")
+    kd = train_run(spec, 0, config, data, paths, command="t", teacher=_teacher(data))
+    labels = _run(data, tmp_path / "labels", variant="dense-h2")
+    assert kd["history"]["train_loss"] == labels["history"]["train_loss"]
+    assert kd["config"]["distill_temperature"] == 3.0
+
+
+def test_distillation_follows_the_teacher(data, tmp_path):
+    """Pure distillation from a teacher that predicts the labels perfectly learns the
+    task; from a teacher that always predicts class 0, it does not."""
+    config = CONFIG.with_(distill_temperature=1.0)
+    spec = get_variant("two-kron-mat-out-kron")
+    perfect = torch.log_softmax(20.0 * torch.nn.functional.one_hot(data.train_y, 10).float(), 1)
+    wrong = torch.log_softmax(20.0 * torch.nn.functional.one_hot(0 * data.train_y, 10).float(), 1)
+    good = train_run(
+        spec, 0, config, data, RunPaths.under(tmp_path / "a", "x", 0), command="t", teacher=perfect
+    )
+    bad = train_run(
+        spec, 0, config, data, RunPaths.under(tmp_path / "b", "x", 0), command="t", teacher=wrong
+    )
+    assert good["history"]["test_accuracy"][-1] > 50
+    assert bad["history"]["test_accuracy"][-1] < 20
+
+
+def test_a_teacher_goes_with_a_distillation_config(data, tmp_path):
+    spec, paths = get_variant("dense-h2"), RunPaths.under(tmp_path, "dense-h2", 0)
+    both = "train_run: a teacher's predictions go with config.distill_temperature; give both"
+    with pytest.raises(ValueError, match=both):
+        train_run(spec, 0, CONFIG.with_(distill_temperature=2.0), data, paths, command="t")
+    with pytest.raises(ValueError, match=both):
+        train_run(spec, 0, CONFIG, data, paths, command="t", teacher=_teacher(data))
+    config = CONFIG.with_(distill_temperature=2.0)
+    with pytest.raises(ValueError, match=r"the teacher has 3 rows for 192 training images"):
+        train_run(spec, 0, config, data, paths, command="t", teacher=torch.zeros(3, 10))

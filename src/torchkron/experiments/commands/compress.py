@@ -9,6 +9,7 @@ from torchkron.experiments.common.errors import UserError
 from torchkron.experiments.mnist.compress import (
     DEFAULT_CHECKPOINT,
     DEFAULT_RANKS,
+    DISTILL_TEMPERATURE,
     FINETUNE_EPOCHS,
     FINETUNE_LR,
     LAYERS,
@@ -21,7 +22,12 @@ from torchkron.experiments.mnist.options import (
     add_run_arguments,
     run_options,
 )
-from torchkron.experiments.options import config_from, positive_float, positive_int
+from torchkron.experiments.options import (
+    config_from,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -63,6 +69,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=list(LAYERS),
         help="layers to convert (default both; 'hidden' alone matches the sweep's "
         "dense-output configs, whose runs can then be reused)",
+    )
+    f = p.add_argument_group("conversion and fine-tuning of arm (b)")
+    f.add_argument(
+        "--calibration",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="activation-aware conversion: each layer minimises its output error on the "
+        "inputs it sees for the first N training images instead of its weight error "
+        "(default: off, the nearest Kronecker weights)",
+    )
+    f.add_argument(
+        "--distill",
+        action="store_true",
+        help="fine-tune by distillation: KL divergence to the dense source's predictions "
+        "at --temperature (times T^2), instead of the labels' NLL",
+    )
+    f.add_argument(
+        "--temperature",
+        type=positive_float,
+        default=None,
+        metavar="T",
+        help=f"softmax temperature of --distill (default {DISTILL_TEMPERATURE:g})",
+    )
+    f.add_argument(
+        "--distill-alpha",
+        type=non_negative_float,
+        default=None,
+        metavar="A",
+        help="share of the label loss in --distill's loss: A * NLL + (1 - A) * T^2 KL "
+        "(default 0: the teacher alone)",
+    )
+    f.add_argument(
+        "--finetune-seeds",
+        type=positive_int,
+        default=1,
+        metavar="S",
+        help="fine-tune runs per rank, seeds 0..S-1 (the seed orders the data; default "
+        "%(default)s)",
     )
     g = p.add_argument_group("scratch arm (c)")
     g.add_argument(
@@ -121,10 +166,27 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"--factors must be 2 or more (1 factor is the dense layer), got {args.factors}."
         )
-    config = config_from(TrainConfig, args)
+    if not args.distill and (args.temperature is not None or args.distill_alpha is not None):
+        given = "--temperature" if args.temperature is not None else "--distill-alpha"
+        raise UserError(f"{given} sets up the distillation: add --distill, or drop {given}.")
+    temperature = None
+    if args.distill:
+        temperature = DISTILL_TEMPERATURE if args.temperature is None else args.temperature
+    config = config_from(
+        TrainConfig,
+        args,
+        distill_temperature=temperature,
+        distill_alpha=args.distill_alpha or 0.0,
+    )
     scratch = None
     if not args.no_scratch:
-        scratch = config.with_(epochs=args.scratch_epochs, lr=args.scratch_lr)
+        # The scratch arm trains on the labels, whatever the fine-tune arm does.
+        scratch = config.with_(
+            epochs=args.scratch_epochs,
+            lr=args.scratch_lr,
+            distill_temperature=None,
+            distill_alpha=0.0,
+        )
     markdown = run_compress(
         checkpoint=args.checkpoint,
         ranks=sorted(set(args.ranks)),
@@ -135,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
         scratch_seeds=args.scratch_seeds,
         reuse_from=args.reuse_from,
         options=run_options(args),
+        calibration=args.calibration,
+        finetune_seeds=args.finetune_seeds,
     )
     print(f"report: {markdown}")
     return 0

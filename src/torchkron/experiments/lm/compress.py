@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from torchkron.experiments.common.compression import input_moments
 from torchkron.experiments.common.errors import UserError
 from torchkron.experiments.lm.gpt import GPT, GPTSpec, LinearSpec, layer_weights
 from torchkron.factorization import (
-    SecondMoment,
     factor_shapes,
     hidden_permutation,
     monarch_projection,
@@ -118,25 +118,10 @@ def budget_specs(spec: GPTSpec, fraction: float) -> BudgetSpecs:
 
 def mlp_moments(model: GPT, batches: Sequence[Tensor]) -> dict[str, Tensor]:
     """``E[x x^T]`` of the inputs of every ``blocks.i.mlp.fc`` / ``mlp.proj`` over the
-    calibration ``batches`` (token ids), float64."""
-    accs: dict[str, SecondMoment] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if name.endswith(("mlp.fc", "mlp.proj")):
-            assert isinstance(module, nn.Linear)
-            acc = accs[name] = SecondMoment(module.in_features)
-            handles.append(
-                module.register_forward_pre_hook(lambda _m, a, acc=acc: acc.update(a[0]))
-            )
+    calibration ``batches`` (token ids), float64; leaves ``model`` in eval mode."""
     model.eval()
-    try:
-        with torch.no_grad():
-            for x in batches:
-                model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: acc.matrix() for name, acc in accs.items()}
+    names = [name for name, _ in model.named_modules() if name.endswith(("mlp.fc", "mlp.proj"))]
+    return input_moments(model, names, batches)
 
 
 @dataclass

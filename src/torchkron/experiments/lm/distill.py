@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchkron.experiments.common.checkpoints import RunPaths, save_torch
+from torchkron.experiments.common.compression import distillation_loss
 from torchkron.experiments.common.environment import environment, now_iso
 from torchkron.experiments.common.errors import UserError
 from torchkron.experiments.common.files import atomic_write_json
@@ -210,13 +211,7 @@ def _distill_loss(student: GPT, teacher: GPT, x: Tensor, config: DistillConfig) 
     with torch.no_grad():
         t_logits, t_hidden = _hidden(teacher, x)
     s_logits, s_hidden = _hidden(student, x)
-    t = config.temperature
-    kl = F.kl_div(
-        F.log_softmax(s_logits / t, -1).flatten(0, 1),
-        F.log_softmax(t_logits / t, -1).flatten(0, 1),
-        log_target=True,
-        reduction="batchmean",
-    ) * (t * t)
+    kl = distillation_loss(s_logits, t_logits, config.temperature)
     if config.hidden_mse and s_hidden.shape == t_hidden.shape:
         kl = kl + config.hidden_mse * F.mse_loss(s_hidden, t_hidden)
     return kl

@@ -8,6 +8,23 @@ For each rank ``R`` the dense model's Linear layers are replaced by
 on the full recipe (reusing matching sweep runs), so the report can compare, at equal
 weight counts: (a) converted only, (b) converted + fine-tuned, (c) trained from scratch.
 
+Two options change the fine-tune arm (each off by default, where the arm is as it was):
+
+- ``calibration=N``: activation-aware conversion, ``kronify(..., calibration=batches)``
+  with the first ``N`` training images as calibration batches (each layer minimises its
+  output error on the inputs it sees instead of its weight error);
+- ``TrainConfig.distill_temperature``: fine-tuning by distillation from the dense
+  source's predictions (:func:`~torchkron.experiments.common.compression.distillation_loss`,
+  optionally mixed with the label loss by ``distill_alpha``).
+
+A run with either records ``calibration`` / ``distill`` in its ``extra.compress`` block
+and both layer errors on held data (the test images): ``output_error`` (its conversion)
+and ``plain_output_error`` (the plain conversion at the same rank), each the relative
+``||(W - W_hat) X|| / ||W X||`` over the inputs the dense layer sees, and the plain
+conversion's test accuracy ``plain_converted`` (measured by the same code); its name gets
+``-cal<N>`` / ``-kd<T>`` (``-a<alpha>``) suffixes, so runs of other settings never share
+a file and the run files of the default arm keep their names.
+
 Outputs in ``OUT``: ``runs/finetune-k2-r4-all--seed0.json`` (run records whose
 ``extra.compress`` holds the approximation error per layer and the accuracy of the dense
 and the converted net), ``runs/scratch-k2-r4-all--seed<k>.json``, ``compress.json``,
@@ -22,7 +39,7 @@ import hashlib
 import io
 import pickle
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torchkron.experiments.common.compression import input_moments
 from torchkron.experiments.common.errors import UserError
 from torchkron.experiments.common.files import atomic_write_json
 from torchkron.experiments.common.runs import RunRecord, load_run
@@ -37,18 +55,23 @@ from torchkron.experiments.mnist.config import TrainConfig
 from torchkron.experiments.mnist.report_files import finish_report
 from torchkron.experiments.mnist.runner import RunOptions
 from torchkron.experiments.mnist.variants import LayerSpec, MLPSpec, build_mlp
+from torchkron.factorization import output_error
 from torchkron.surgery import KronifyReport, kronify
 
 __all__ = [
     "DEFAULT_CHECKPOINT",
     "DEFAULT_RANKS",
+    "DISTILL_TEMPERATURE",
     "FINETUNE_EPOCHS",
     "FINETUNE_LR",
     "LAYERS",
     "Source",
     "arm_name",
+    "calibration_batches",
     "convert",
     "converted_spec",
+    "held_moments",
+    "layer_errors",
     "load_source",
     "run_compress",
 ]
@@ -60,7 +83,8 @@ FINETUNE_EPOCHS = 5
 #: Adadelta lr for fine-tuning; see the --lr help for why it is below the recipe's 1.0.
 FINETUNE_LR = 0.1
 LOG_FILE = "compress.log"
-FINETUNE_SEED = 0
+#: Softmax temperature of ``compress --distill`` unless ``--temperature`` is given.
+DISTILL_TEMPERATURE = 4.0
 
 
 @dataclass(frozen=True)
@@ -155,12 +179,71 @@ def dense_model(source: Source) -> nn.Module:
 
 
 def convert(
-    model: nn.Module, *, layers: Sequence[str], factors: int, rank: int
+    model: nn.Module,
+    *,
+    layers: Sequence[str],
+    factors: int,
+    rank: int,
+    calibration: Sequence[Tensor] | None = None,
 ) -> tuple[nn.Module, KronifyReport]:
     """A copy of ``model`` with ``layers`` replaced by their nearest rank-``rank``
-    ``factors``-factor Kronecker layers (balanced shapes); ``model`` is left unchanged."""
+    ``factors``-factor Kronecker layers (balanced shapes); ``model`` is left unchanged.
+
+    With ``calibration`` (batches of images) each layer minimises its output error on the
+    inputs it sees in those batches instead of its weight error (activation-aware)."""
     converted = copy.deepcopy(model)
-    return kronify(converted, target=list(layers), num_factors=factors, rank=rank, from_dense=True)
+    return kronify(
+        converted,
+        target=list(layers),
+        num_factors=factors,
+        rank=rank,
+        from_dense=True,
+        calibration=calibration,
+    )
+
+
+def calibration_batches(train_x: Tensor, count: int, batch: int) -> list[Tensor]:
+    """The first ``count`` training images in batches of ``batch``.
+
+    Raises:
+        UserError: ``count`` is more than the training set holds.
+    """
+    if count > train_x.shape[0]:
+        raise UserError(
+            f"--calibration {count} asks for more calibration images than the training set "
+            f"holds ({train_x.shape[0]}); pass at most {train_x.shape[0]}."
+        )
+    return [train_x[i : min(i + batch, count)] for i in range(0, count, batch)]
+
+
+def held_moments(
+    dense: nn.Module, layers: Sequence[str], x: Tensor, batch: int
+) -> dict[str, Tensor]:
+    """``{layer: E[x x^T]}`` of the inputs each of ``layers`` sees in ``dense`` on the
+    images ``x`` (the held data of :func:`layer_errors`)."""
+    batches = [x[i : i + batch] for i in range(0, x.shape[0], batch)]
+    return input_moments(dense, list(layers), batches)
+
+
+def layer_errors(
+    dense: nn.Module,
+    converted: nn.Module,
+    layers: Sequence[str],
+    moments: Mapping[str, Tensor] | None = None,
+) -> dict[str, float]:
+    """``{layer: ||(W - W_hat) X|| / ||W X||}`` for every layer of ``layers`` that
+    ``converted`` replaced, ``X`` the inputs behind ``moments`` (:func:`held_moments`);
+    without ``moments`` the relative weight error ``||W - W_hat||_F / ||W||_F``."""
+    modules, dense_modules = dict(converted.named_modules()), dict(dense.named_modules())
+    return {
+        name: output_error(
+            dense_modules[name].weight.detach(),
+            modules[name].weight.detach(),
+            None if moments is None else moments[name],
+        )
+        for name in layers
+        if not isinstance(modules[name], nn.Linear)
+    }
 
 
 def layers_tag(layers: Sequence[str]) -> str:
@@ -169,9 +252,21 @@ def layers_tag(layers: Sequence[str]) -> str:
     return "all" if chosen == list(LAYERS) else "-".join(chosen)
 
 
-def arm_name(arm: str, factors: int, rank: int, layers: Sequence[str]) -> str:
-    """A compress run's variant id, e.g. ``finetune-k2-r4-all``."""
-    return f"{arm}-k{factors}-r{rank}-{layers_tag(layers)}"
+def setting_tag(calibration: int | None, config: TrainConfig | None) -> str:
+    """The fine-tune arm's setting in a run name: ``""`` for the default (plain
+    conversion, label fine-tuning), else ``-cal<N>`` and/or ``-kd<T>`` (``-a<alpha>``)."""
+    tag = "" if calibration is None else f"-cal{calibration}"
+    if config is not None and config.distill_temperature is not None:
+        tag += f"-kd{config.distill_temperature:g}"
+        if config.distill_alpha:
+            tag += f"-a{config.distill_alpha:g}"
+    return tag
+
+
+def arm_name(arm: str, factors: int, rank: int, layers: Sequence[str], setting: str = "") -> str:
+    """A compress run's variant id, e.g. ``finetune-k2-r4-all`` or, activation-aware with
+    distillation, ``finetune-k2-r4-all-cal1024-kd4`` (``setting``: :func:`setting_tag`)."""
+    return f"{arm}-k{factors}-r{rank}-{layers_tag(layers)}{setting}"
 
 
 def converted_spec(
@@ -183,8 +278,10 @@ def converted_spec(
     rank: int,
     layers: Sequence[str],
     extra: dict[str, Any],
+    setting: str = "",
 ) -> MLPSpec:
-    """The spec of the converted architecture (layers that were skipped stay dense)."""
+    """The spec of the converted architecture (layers that were skipped stay dense);
+    ``setting`` (:func:`setting_tag`) tells fine-tune arms of other settings apart."""
     replaced = {r.name: r for r in report.replaced}
 
     def layer(name: str, dense: LayerSpec) -> LayerSpec:
@@ -195,8 +292,17 @@ def converted_spec(
 
     hidden, output = layer("hidden", source.hidden), layer("output", source.output)
     what = "converted from" if arm == "finetune" else "trained from scratch, as"
+    if setting:
+        block = extra.get("compress", {})
+        how = []
+        if block.get("calibration"):
+            how.append(f"activation-aware, {block['calibration']} calibration images")
+        if block.get("distill"):
+            d = block["distill"]
+            how.append(f"distilled at T={d['temperature']:g}, label share {d['alpha']:g}")
+        what = f"converted ({'; '.join(how)}) from"
     return MLPSpec(
-        arm_name(arm, factors, rank, layers),
+        arm_name(arm, factors, rank, layers, setting),
         f"{what} {source.name}: input-hidden = {hidden.describe()}, "
         f"hidden-output = {output.describe()}",
         hidden,
@@ -290,6 +396,13 @@ def _reuse_scratch(
     return copied
 
 
+def _teacher_predictions(dense: nn.Module, x: Tensor, batch: int) -> Tensor:
+    """The dense source's log-probabilities ``(N, classes)`` on the training images."""
+    dense.eval()
+    with torch.inference_mode():
+        return torch.cat([dense(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
+
+
 def run_compress(
     *,
     checkpoint: Path,
@@ -301,9 +414,16 @@ def run_compress(
     scratch_seeds: int,
     reuse_from: Path | None,
     options: RunOptions,
+    calibration: int | None = None,
+    finetune_seeds: int = 1,
 ) -> Path:
     """Convert, evaluate and fine-tune at every rank, train the scratch arm, write the
-    report; returns the path of ``compress.md``."""
+    report; returns the path of ``compress.md``.
+
+    ``calibration``: convert activation-aware with that many training images;
+    ``config.distill_temperature``: fine-tune by distillation from the dense source;
+    ``finetune_seeds``: fine-tune runs per rank (seeds 0, 1, ...; the seed orders the
+    data, the conversion is the same)."""
     from torchkron.experiments.common.checkpoints import RunPaths
     from torchkron.experiments.mnist.compress_report import compress_text, write_compress_report
     from torchkron.experiments.mnist.runner import Job, open_session, run_jobs, track
@@ -315,27 +435,43 @@ def run_compress(
         torch.set_num_threads(config.threads)
     source = load_source(checkpoint)
     dense = dense_model(source)
-    conversions = {r: convert(dense, layers=layers, factors=factors, rank=r) for r in ranks}
-    first = conversions[ranks[0]][1]
+    plain = {r: convert(dense, layers=layers, factors=factors, rank=r) for r in ranks}
+    first = plain[ranks[0]][1]
     if not first.replaced:
         reasons = "; ".join(f"{r.name}: {r.reason}" for r in first.skipped)
         raise UserError(f"No layer of {source.spec.name} can be converted: {reasons}")
-    common = {"factors": factors, "layers": list(layers), "source": source.info()}
+    common: dict[str, Any] = {"factors": factors, "layers": list(layers), "source": source.info()}
+    setting = setting_tag(calibration, config)
+    distill = config.distill_temperature is not None
+    if calibration is not None:
+        common["calibration"] = calibration
+    if distill:
+        common["distill"] = {
+            "temperature": config.distill_temperature,
+            "alpha": config.distill_alpha,
+        }
 
     def spec_for(rank: int, arm: str, extra: dict[str, Any]) -> MLPSpec:
-        block = {"arm": arm, "rank": rank, **common, **extra}
+        if arm == "finetune":
+            block = {"arm": arm, "rank": rank, **common, **extra}
+        else:  # the scratch arm does not depend on the fine-tune's setting
+            keep = ("factors", "layers", "source")
+            block = {"arm": arm, "rank": rank, **{k: common[k] for k in keep}, **extra}
         return converted_spec(
             source.spec,
-            conversions[rank][1],
+            plain[rank][1],
             arm=arm,
             factors=factors,
             rank=rank,
             layers=layers,
             extra={"compress": block},
+            setting=setting if arm == "finetune" else "",
         )
 
     scratch = [spec_for(r, "scratch", {"reused_from": None}) for r in ranks]
-    finetune_jobs = [Job(spec_for(r, "finetune", {}), FINETUNE_SEED) for r in ranks]
+    finetune_jobs = [
+        Job(spec_for(r, "finetune", {}), seed) for r in ranks for seed in range(finetune_seeds)
+    ]
     scratch_jobs = [Job(s, seed) for s in scratch for seed in range(scratch_seeds)]
     if scratch_config is None:
         scratch_jobs = []
@@ -358,6 +494,20 @@ def run_compress(
             f"source {source.path}: {source.spec.name}, {source.spec.weights():,} weights, test "
             f"accuracy {dense_eval[1]:.2f}%"
         )
+        conversions = plain
+        if calibration is not None:
+            batches = calibration_batches(data.train_x, calibration, config.test_batch_size)
+            conversions = {
+                r: convert(dense, layers=layers, factors=factors, rank=r, calibration=batches)
+                for r in ranks
+            }
+        held = held_moments(dense, layers, data.test_x, config.test_batch_size) if setting else {}
+        plain_errors = (
+            {r: layer_errors(dense, plain[r][0], layers, held) for r in ranks} if setting else {}
+        )
+        teacher = None
+        if distill:
+            teacher = _teacher_predictions(dense, data.train_x, config.test_batch_size)
         for job in finetune_jobs:
             rank = int(job.spec.extra["compress"]["rank"])
             model, report = conversions[rank]
@@ -365,12 +515,25 @@ def run_compress(
             # The metric of the training history (trainer.evaluate), so (a) and (b) compare.
             converted_eval = evaluate(model, data.test_x, data.test_y, config.test_batch_size)
             info = _conversion_info(report, dense_eval, converted_eval)
+            if calibration is not None:
+                # kronify's error is the output error on the calibration inputs; the
+                # table's column stays the weight error of every other run.
+                info["calibration_error"] = info["approximation_error"]
+                info["approximation_error"] = layer_errors(dense, model, layers)
+            if setting:
+                info["output_error"] = layer_errors(dense, model, layers, held)
+                info["plain_output_error"] = plain_errors[rank]
+                # The plain conversion's accuracy, measured by this code like the run's own.
+                plain_model = plain[rank][0].eval()
+                loss, acc = evaluate(plain_model, data.test_x, data.test_y, config.test_batch_size)
+                info["plain_converted"] = {"test_loss": loss, "test_accuracy": acc}
             spec = spec_for(rank, "finetune", info)
             errors = ", ".join(f"{k} {v:.4f}" for k, v in info["approximation_error"].items())
-            progress.message(
-                f"rank {rank}: {spec.weights():,} weights, approximation error {errors}; "
-                f"test accuracy after conversion {converted_eval[1]:.2f}%"
-            )
+            if job.seed == 0:
+                progress.message(
+                    f"rank {rank}: {spec.weights():,} weights, approximation error {errors}; "
+                    f"test accuracy after conversion {converted_eval[1]:.2f}%"
+                )
             state = model.state_dict()
             train_run(
                 spec,
@@ -381,6 +544,7 @@ def run_compress(
                 command=command,
                 on_epoch=progress.epoch,
                 model_hook=_loader(state),
+                teacher=teacher,
             )
         if scratch_config is not None and scratch_jobs:
             # The fine-tune's prepared tensors serve the scratch arm too (same data config).

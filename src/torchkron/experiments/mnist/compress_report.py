@@ -9,6 +9,12 @@ just-converted net. One row per (factors, layers, rank) compares, at equal weigh
 - (b) converted + fine-tuned for the fine-tune recipe's epochs;
 - (c) the same architecture trained from scratch on the full recipe.
 
+Fine-tune runs of another setting (``compress --calibration N`` and/or ``--distill``; their
+block holds ``calibration`` / ``distill``) go to each row's ``settings``, with the held
+output errors of the plain and their own conversion, and get a section of their own:
+does activation-aware conversion lower the output error and raise the accuracy, does
+distillation beat label fine-tuning, does any converted arm beat training from scratch.
+
 Differences use the seed-noise criterion of :mod:`torchkron.experiments.mnist.findings`.
 """
 
@@ -48,6 +54,7 @@ DPI = 150
 Record = Mapping[str, Any]
 Summary = Mapping[str, Any]
 Row = Mapping[str, Any]
+_ARMS = ("finetune", "scratch")
 
 
 def _block(record: Record) -> Mapping[str, Any]:
@@ -61,6 +68,27 @@ def _group(block: Mapping[str, Any]) -> tuple[int, str]:
     return int(block.get("factors", 0)), tag
 
 
+def setting_key(block: Mapping[str, Any]) -> tuple[int, float, float]:
+    """``(calibration images or 0, distillation temperature or 0, label share)`` of a
+    fine-tune run; ``(0, 0, 0)`` is the default arm (plain conversion, labels)."""
+    distill = block.get("distill") or {}
+    return (
+        int(block.get("calibration") or 0),
+        float(distill.get("temperature") or 0.0),
+        float(distill.get("alpha") or 0.0),
+    )
+
+
+def setting_label(key: Sequence[float]) -> str:
+    """``plain + labels``, ``activation-aware (N=1024) + distillation (T=4)``..."""
+    calibration, temperature, alpha = key
+    conversion = f"activation-aware (N={int(calibration)})" if calibration else "plain"
+    if not temperature:
+        return f"{conversion} + labels"
+    share = f", labels {alpha:g}" if alpha else ""
+    return f"{conversion} + distillation (T={temperature:g}{share})"
+
+
 def _arm(variant: Mapping[str, Any] | None, lr_epochs: Mapping[str, Any]) -> dict[str, Any] | None:
     if variant is None:
         return None
@@ -72,6 +100,22 @@ def _arm(variant: Mapping[str, Any] | None, lr_epochs: Mapping[str, Any]) -> dic
         "epochs": int(variant["epochs"]),
         "lr": variant["config"].get("lr"),
         **lr_epochs,
+    }
+
+
+def _setting_entry(
+    block: Mapping[str, Any], variant: Mapping[str, Any], key: tuple[int, float, float]
+) -> dict[str, Any]:
+    return {
+        "key": list(key),
+        "label": setting_label(key),
+        "arm": _arm(variant, {}),
+        "converted": dict(block.get("converted") or {}),
+        "output_error": dict(block.get("output_error") or {}),
+        "plain_output_error": dict(block.get("plain_output_error") or {}),
+        "plain_converted": dict(block.get("plain_converted") or {}),
+        "minus_scratch": None,
+        "beyond_noise": None,
     }
 
 
@@ -99,7 +143,18 @@ def _rows(
             },
         )
         variant = variants[str(record["variant"])]
-        if block["arm"] == "finetune" and row["finetune"] is None:
+        setting = setting_key(block)
+        if block["arm"] == "finetune" and any(setting):
+            found = row.setdefault("settings", {})
+            label = setting_label(setting)
+            if label not in found:
+                found[label] = _setting_entry(block, variant, setting)
+        elif (
+            block["arm"] == "finetune"
+            and row["finetune"] is None
+            # The conversion of a run the summary kept (left-out runs may differ).
+            and int(record["seed"]) in variant["seeds"]
+        ):
             row["finetune"] = _arm(variant, {})
             row["conversion"] = {
                 k: block.get(k)
@@ -117,7 +172,43 @@ def _rows(
         if row["finetune"] and row["scratch"]:
             c = compare(variants[row["finetune"]["name"]], variants[row["scratch"]["name"]])
             row["finetune_minus_scratch"], row["beyond_noise"] = c.diff, c.beyond_noise
+        if "settings" in row:
+            _compare_settings(row, variants)
     return rows
+
+
+def _compare_settings(row: dict[str, Any], variants: Mapping[str, Mapping[str, Any]]) -> None:
+    """Order a row's settings and compare each with scratch, with the same fine-tune after
+    the plain conversion (``vs_plain``) and with label fine-tuning after the same
+    conversion (``vs_labels``)."""
+    ordered = sorted(row["settings"].values(), key=lambda e: e["key"])
+    row["settings"] = {e["label"]: e for e in ordered}
+    names = {tuple(e["key"]): e["arm"]["name"] for e in ordered}
+    plain = next((e["plain_converted"] for e in ordered if e["plain_converted"]), None)
+    if row["finetune"] and (
+        # A default arm converted by another library version (another plain start than
+        # these runs measured) is no counterpart: the comparison would show that drift.
+        plain is None
+        or plain == {k: row["conversion"]["converted"][k] for k in ("test_loss", "test_accuracy")}
+    ):
+        names[(0, 0.0, 0.0)] = row["finetune"]["name"]
+
+    def versus(name: str, other: str | None) -> dict[str, Any] | None:
+        if other is None:
+            return None
+        c = compare(variants[name], variants[other])
+        return {"diff": c.diff, "beyond_noise": c.beyond_noise, "measured": c.noise_measured}
+
+    for entry in ordered:
+        calibration, temperature, alpha = entry["key"]
+        name = entry["arm"]["name"]
+        scratch = versus(name, row["scratch"]["name"] if row["scratch"] else None)
+        entry["vs_scratch"] = scratch
+        if scratch:
+            entry["minus_scratch"], entry["beyond_noise"] = scratch["diff"], scratch["beyond_noise"]
+        plain = names.get((0, temperature, alpha)) if calibration else None
+        labels = names.get((calibration, 0.0, 0.0)) if temperature else None
+        entry["vs_plain"], entry["vs_labels"] = versus(name, plain), versus(name, labels)
 
 
 # --- findings --------------------------------------------------------------------------
@@ -210,6 +301,233 @@ def compress_findings(rows: Sequence[Row]) -> list[dict[str, Any]]:
     ]
 
 
+def _plain_errors(row: Row) -> dict[str, float]:
+    for entry in row.get("settings", {}).values():
+        if entry["plain_output_error"]:
+            return dict(entry["plain_output_error"])
+    return {}
+
+
+def _aware(row: Row) -> dict[str, Any] | None:
+    """The row's first activation-aware setting (its conversion is that of every
+    activation-aware setting of the same ``N``)."""
+    return next((e for e in row.get("settings", {}).values() if e["key"][0]), None)
+
+
+def _fmt_errors(errors: Mapping[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in errors.items())
+
+
+def _aware_error(rows: Sequence[Row]) -> dict[str, Any]:
+    question = (
+        "Does activation-aware conversion lower the output error of the converted layers "
+        "on held data?"
+    )
+    pairs: list[tuple[Row, dict[str, Any]]] = []
+    for r in rows:
+        e = _aware(r)
+        if e is not None and e["output_error"] and _plain_errors(r):
+            pairs.append((r, e))
+    if not pairs:
+        return _finding("aware-output-error", question, None, "Not tested: no run with both.")
+    lower = [
+        r for r, e in pairs if all(e["output_error"][k] < v for k, v in _plain_errors(r).items())
+    ]
+    (r0, e0), (r1, e1) = pairs[0], pairs[-1]
+    span = (
+        f"plain {_fmt_errors(_plain_errors(r0))} vs activation-aware "
+        f"{_fmt_errors(e0['output_error'])} at rank {r0['rank']}; plain "
+        f"{_fmt_errors(_plain_errors(r1))} vs {_fmt_errors(e1['output_error'])} at rank "
+        f"{r1['rank']}"
+    )
+    if len(lower) == len(pairs):
+        answer = f"Yes, at every rank run ({span})."
+    elif lower:
+        answer = f"At ranks {_ranks(lower)} only ({span})."
+    else:
+        answer = f"No, at no rank run ({span})."
+    return _finding("aware-output-error", question, len(lower) == len(pairs), answer)
+
+
+def _plain_converted(row: Row) -> float | None:
+    """The plain conversion's accuracy as the runs of the settings measured it (they run
+    the current code; the default arm's record may be older), else the default arm's."""
+    settings = list(row.get("settings", {}).values())
+    for entry in settings:
+        if entry["plain_converted"]:
+            return float(entry["plain_converted"]["test_accuracy"])
+    for entry in settings:
+        if not entry["key"][0] and entry["converted"]:
+            return float(entry["converted"]["test_accuracy"])
+    if row["conversion"]:
+        return float(row["conversion"]["converted"]["test_accuracy"])
+    return None
+
+
+def _aware_accuracy(rows: Sequence[Row]) -> dict[str, Any]:
+    question = "Does activation-aware conversion raise the accuracy right after conversion?"
+    pairs: list[tuple[Row, float, float]] = []
+    for r in rows:
+        e, plain = _aware(r), _plain_converted(r)
+        if e and e["converted"] and plain is not None:
+            pairs.append((r, plain, float(e["converted"]["test_accuracy"])))
+    if not pairs:
+        return _finding("aware-converted", question, None, "Not tested: no run with both.")
+    higher = [r for r, p, a in pairs if a > p]
+    lower = [r for r, p, a in pairs if a < p]
+    equal = [r for r, p, a in pairs if a == p]
+    span = "; ".join(f"rank {r['rank']}: {p:.2f}% -> {a:.2f}%" for r, p, a in pairs)
+    if len(higher) == len(pairs):
+        answer = f"Yes, at every rank run (plain -> activation-aware: {span})."
+    else:
+        parts = [
+            f"{word} at ranks {_ranks(group)}"
+            for word, group in (("higher", higher), ("lower", lower), ("equal", equal))
+            if group
+        ]
+        answer = f"{_sentence('; '.join(parts))} (plain -> activation-aware: {span})."
+    return _finding("aware-converted", question, len(higher) == len(pairs), answer)
+
+
+def _tally(
+    pairs: Sequence[tuple[Row, Mapping[str, Any]]], mine: str, theirs: str
+) -> tuple[str, bool, bool]:
+    """``(sentence, any win, any loss)`` of ``mine`` against ``theirs`` over ranks."""
+    wins = [r for r, c in pairs if c["beyond_noise"] and c["diff"] > 0]
+    losses = [r for r, c in pairs if c["beyond_noise"] and c["diff"] < 0]
+    ties = [r for r, c in pairs if not c["beyond_noise"]]
+    every = len(pairs)
+    parts = [
+        f"{label} at {'every rank run' if len(group) == every else 'ranks ' + _ranks(group)}"
+        for label, group in (
+            (f"{mine} higher", wins),
+            (f"{theirs} higher", losses),
+            ("within seed noise", ties),
+        )
+        if group
+    ]
+    diffs = [c["diff"] for _, c in pairs]
+    unmeasured = [r for r, c in pairs if not c["measured"]]
+    note = (
+        f"; one seed each at ranks {_ranks(unmeasured)}: noise not measured there"
+        if unmeasured
+        else ""
+    )
+    text = (
+        f"{_sentence(mine)} vs {theirs}: {'; '.join(parts)} (difference {min(diffs):+.2f} to "
+        f"{max(diffs):+.2f} pp{note})"
+    )
+    return text, bool(wins), bool(losses)
+
+
+def _versus(
+    rows: Sequence[Row], ident: str, question: str, field: str, other: Any
+) -> dict[str, Any]:
+    """Each setting against its counterpart ``field`` (``vs_plain`` / ``vs_labels`` /
+    ``vs_scratch``), per setting; holds when some setting wins somewhere and none loses."""
+    labels = sorted(
+        {
+            (tuple(e["key"]), lbl)
+            for r in rows
+            for lbl, e in r.get("settings", {}).items()
+            if e[field]
+        }
+    )
+    texts, wins, losses = [], False, False
+    for key, label in labels:
+        pairs = [
+            (r, r["settings"][label][field])
+            for r in rows
+            if label in r.get("settings", {}) and r["settings"][label][field]
+        ]
+        text, won, lost = _tally(pairs, label, other(key))
+        texts.append(text)
+        wins, losses = wins or won, losses or lost
+    if not texts:
+        return _finding(ident, question, None, "Not tested: no pair of arms run.")
+    return _finding(ident, question, wins and not losses, "; ".join(texts) + ".")
+
+
+def _any_beats_scratch(rows: Sequence[Row]) -> dict[str, Any]:
+    question = "Does any converted arm beat training the same net from scratch?"
+    arms: list[tuple[str, list[tuple[Row, dict[str, Any]]]]] = []
+    default = [
+        (
+            r,
+            {
+                "diff": r["finetune_minus_scratch"],
+                "beyond_noise": r["beyond_noise"],
+                "measured": r["finetune"]["seeds"] + r["scratch"]["seeds"] > 2,
+            },
+        )
+        for r in rows
+        if r["finetune_minus_scratch"] is not None
+    ]
+    if default:
+        arms.append((setting_label((0, 0.0, 0.0)), default))
+    labels = sorted(
+        {
+            (tuple(e["key"]), lbl)
+            for r in rows
+            for lbl, e in r.get("settings", {}).items()
+            if e["vs_scratch"]
+        }
+    )
+    for _, label in labels:
+        arms.append(
+            (
+                label,
+                [
+                    (r, r["settings"][label]["vs_scratch"])
+                    for r in rows
+                    if label in r.get("settings", {}) and r["settings"][label]["vs_scratch"]
+                ],
+            )
+        )
+    if not arms:
+        return _finding("any-vs-scratch", question, None, "Not tested: needs both arms.")
+    texts, winners = [], []
+    for label, pairs in arms:
+        text, won, _ = _tally(pairs, label, "scratch")
+        texts.append(text)
+        if won:
+            winners.append(label)
+    head = f"Yes: {', '.join(winners)}" if winners else "No"
+    return _finding("any-vs-scratch", question, bool(winners), f"{head}. " + "; ".join(texts) + ".")
+
+
+def setting_findings(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """The questions of the activation-aware / distillation section (empty without it)."""
+    if not any(r.get("settings") for r in rows):
+        return []
+
+    def plain_of(key: tuple[int, float, float]) -> str:
+        return setting_label((0, key[1], key[2]))
+
+    def labels_of(key: tuple[int, float, float]) -> str:
+        return setting_label((key[0], 0.0, 0.0))
+
+    return [
+        _aware_error(rows),
+        _aware_accuracy(rows),
+        _versus(
+            rows,
+            "aware-finetuned",
+            "After the same fine-tuning, does the activation-aware start end higher?",
+            "vs_plain",
+            plain_of,
+        ),
+        _versus(
+            rows,
+            "distill-vs-labels",
+            "Does distillation beat label fine-tuning after the same conversion?",
+            "vs_labels",
+            labels_of,
+        ),
+        _any_beats_scratch(rows),
+    ]
+
+
 # --- the summary ----------------------------------------------------------------------------
 
 
@@ -218,11 +536,20 @@ def compress_summary(
 ) -> dict[str, Any]:
     """``compress.json``: the per-config summary, the rows and the findings per group."""
     records = list(records)
-    # Each arm on its own: the arms use different recipes by design, and a config warning
-    # should flag only runs that differ within one arm.
+
+    # Each arm (and each fine-tune setting) on its own: they use different recipes by
+    # design, and a config warning should flag only runs that differ within one of them.
+    def arm_key(record: Record) -> tuple[int, tuple[int, float, float]]:
+        block = _block(record)
+        finetune = block.get("arm") == "finetune"
+        return (0 if finetune else 1, setting_key(block) if finetune else (0, 0.0, 0.0))
+
+    keys = sorted({arm_key(r) for r in records if _block(r).get("arm") in _ARMS}) or [
+        (0, (0, 0.0, 0.0))
+    ]
     arms = [
-        summarize([r for r in records if _block(r).get("arm") == arm], generated_at=generated_at)
-        for arm in ("finetune", "scratch")
+        summarize([r for r in records if arm_key(r) == key], generated_at=generated_at)
+        for key in keys
     ]
     variants = {v["name"]: v for s in arms for v in s["variants"]}
     rows = _rows(records, variants)
@@ -230,7 +557,7 @@ def compress_summary(
     return {
         "schema": 1,
         "kind": "compress",
-        "generated_at": arms[0]["generated_at"],
+        "generated_at": max(str(s["generated_at"]) for s in arms),
         "runs": sum(int(s["runs"]) for s in arms),
         "environment": {
             k: sorted({x for s in arms for x in s["environment"][k]}, key=str)
@@ -243,6 +570,9 @@ def compress_summary(
                 "layers": layers,
                 "rows": [r for r in rows if (r["factors"], r["layers"]) == (factors, layers)],
                 "findings": compress_findings(
+                    [r for r in rows if (r["factors"], r["layers"]) == (factors, layers)]
+                ),
+                "setting_findings": setting_findings(
                     [r for r in rows if (r["factors"], r["layers"]) == (factors, layers)]
                 ),
             }
@@ -335,6 +665,70 @@ def _group_lines(group: Mapping[str, Any]) -> list[str]:
     reused = sum(r["scratch"]["reused"] for r in rows if r["scratch"])
     if reused:
         lines += ["", f"{reused} scratch run(s) were copied from a sweep with the same recipe."]
+    return [*lines, "", *_settings_lines(group)]
+
+
+def _settings_lines(group: Mapping[str, Any]) -> list[str]:
+    """The section of the activation-aware / distillation arms (none without them)."""
+    rows = [r for r in group["rows"] if r.get("settings")]
+    if not rows:
+        return []
+    labels = sorted(
+        {(tuple(e["key"]), lbl) for r in rows for lbl, e in r["settings"].items()},
+    )
+    aware = sorted({int(k[0]) for k, _ in labels if k[0]})
+    default = setting_label((0, 0.0, 0.0))
+    head = ["rank", "weights", "output error: plain"]
+    head += [f"output error: activation-aware (N={n})" for n in aware]
+    head += ["(a) plain %"] + [f"(a) activation-aware (N={n}) %" for n in aware]
+    head += [f"(b) {default} %"] + [f"(b) {lbl} %" for _, lbl in labels] + ["(c) scratch %"]
+    ft = next(e["arm"] for r in rows for e in r["settings"].values())
+    lines = [
+        "### Activation-aware conversion and distillation",
+        "",
+        "Output error: relative `||(W - W_hat) X|| / ||W X||` of the converted layer(s), `X` "
+        "the inputs the dense layer sees for the test images (held out: calibration uses "
+        "the first N training images). (a): test accuracy right after conversion; (b): after "
+        f"{ft['epochs']} fine-tune epochs at lr {ft['lr']:g}, on the labels or by distillation "
+        "(T^2 KL to the dense source's predictions at temperature T); (c) as above. Mean ± "
+        "sample std over seeds.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---:|" * 2 + "---|" * (1 + len(aware)) + "---:|" * (len(head) - 3 - len(aware)),
+    ]
+    for r in rows:
+        settings = r["settings"]
+        by_key = {tuple(e["key"]): e for e in settings.values()}
+        cells = [str(r["rank"]), f"{r['weights']:,}", _fmt_errors(_plain_errors(r)) or "—"]
+        for n in aware:
+            e = next((e for k, e in by_key.items() if k[0] == n and e["output_error"]), None)
+            cells.append(_fmt_errors(e["output_error"]) if e else "—")
+        plain_acc = _plain_converted(r)
+        cells.append("—" if plain_acc is None else f"{plain_acc:.2f}")
+        for n in aware:
+            e = next((e for k, e in by_key.items() if k[0] == n and e["converted"]), None)
+            cells.append(f"{e['converted']['test_accuracy']:.2f}" if e else "—")
+        cells.append(_pm(r["finetune"]))
+        cells += [_pm(settings[lbl]["arm"]) if lbl in settings else "—" for _, lbl in labels]
+        cells.append(_pm(r["scratch"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    drift = [
+        r["rank"]
+        for r in rows
+        if r["conversion"] and _plain_converted(r) != r["conversion"]["converted"]["test_accuracy"]
+    ]
+    if drift:
+        lines += [
+            "",
+            f"(a) plain is the plain conversion as the runs of this section measured it; at "
+            f"ranks {', '.join(map(str, drift))} the default arm's record above (made by an "
+            "earlier library version, whose SVD differs in round-off) has another value.",
+        ]
+    lines += ["", "Findings:", ""]
+    lines += [
+        f"{i}. **{f['question']}** {f['answer']}"
+        for i, f in enumerate(group["setting_findings"], len(group["findings"]) + 1)
+    ]
     return [*lines, ""]
 
 
@@ -366,7 +760,8 @@ def compress_text(summary: Summary) -> str:
     lines = []
     for group in summary["groups"]:
         lines.append(f"{group['factors']} factors, layers {group['layers']}:")
-        lines += [f"  {f['question']} {f['answer']}" for f in group["findings"]]
+        found = [*group["findings"], *group.get("setting_findings", [])]
+        lines += [f"  {f['question']} {f['answer']}" for f in found]
     return "\n".join(lines)
 
 
@@ -406,6 +801,20 @@ def _draw_group(acc_ax: Any, err_ax: Any, group: Mapping[str, Any], suffix: str)
                 label=f"({'b' if arm == 'finetune' else 'c'}) "
                 f"{'fine-tuned' if arm == 'finetune' else 'from scratch'}{suffix}",
             )
+    labels = sorted({(tuple(e["key"]), k) for r in rows for k, e in r.get("settings", {}).items()})
+    for _, label in labels:
+        have = [r for r in rows if label in r.get("settings", {})]
+        arms = [r["settings"][label]["arm"] for r in have]
+        acc_ax.errorbar(
+            [r["rank"] for r in have],
+            [a["test_accuracy"]["mean"] for a in arms],
+            yerr=[a["test_accuracy"]["std"] for a in arms],
+            marker="D",
+            markersize=4,
+            capsize=2,
+            linestyle="--",
+            label=f"(b) {label}{suffix}",
+        )
     acc_ax.set_xticks(ranks, [f"{r['rank']}\n{r['weights']:,}" for r in rows], fontsize=7)
 
 

@@ -34,10 +34,15 @@ class TrainConfig(ConfigDict):
             given to match it (:func:`~torchkron.experiments.mnist.options.recipe_for`).
         permute_pixels: seed of one fixed random permutation of the pixels, applied to the
             training and test images alike (``None``: the images as they are).
+        distill_temperature: distil from a teacher's predictions at this softmax
+            temperature instead of training on the labels alone (``None``: labels only;
+            the teacher is given to the trainer, as ``compress --distill`` does).
+        distill_alpha: weight of the label loss in a distillation's loss,
+            ``alpha * NLL + (1 - alpha) * T^2 KL`` (0: the teacher alone).
 
-    ``dataset`` and ``permute_pixels`` appear in :meth:`to_dict` only when they differ from
-    their defaults, so the configs (and the run files) of plain MNIST runs read as they
-    did before these fields existed.
+    ``dataset``, ``permute_pixels`` and the two ``distill_`` fields appear in
+    :meth:`to_dict` only when they differ from their defaults, so the configs (and the
+    run files) of plain MNIST runs read as they did before these fields existed.
     """
 
     epochs: int = 35
@@ -54,6 +59,8 @@ class TrainConfig(ConfigDict):
     threads: int = 1
     dataset: str = "mnist"
     permute_pixels: int | None = None
+    distill_temperature: float | None = None
+    distill_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -88,6 +95,23 @@ class TrainConfig(ConfigDict):
                 f"--permute-pixels must be a whole number 0 or more (the permutation's "
                 f"seed), got {self.permute_pixels!r}."
             )
+        t = self.distill_temperature
+        if t is not None and not (t > 0 and math.isfinite(t)):
+            raise UserError(
+                f"--temperature must be positive and finite (the distillation's softmax "
+                f"temperature), got {t}."
+            )
+        if not 0 <= self.distill_alpha <= 1:
+            raise UserError(
+                f"--distill-alpha must be in [0, 1] (the label loss's share), got "
+                f"{self.distill_alpha}."
+            )
+        if self.distill_alpha and self.distill_temperature is None:
+            raise UserError(
+                f"--distill-alpha {self.distill_alpha} mixes the label loss into a "
+                "distillation, but no distillation is set: add --distill, or drop "
+                "--distill-alpha."
+            )
         from torchkron.experiments.data.mnist import DATASETS
 
         if self.dataset not in DATASETS:
@@ -106,4 +130,9 @@ class TrainConfig(ConfigDict):
         return data
 
 
-_OPTIONAL_DEFAULTS: dict[str, object] = {"dataset": "mnist", "permute_pixels": None}
+_OPTIONAL_DEFAULTS: dict[str, object] = {
+    "dataset": "mnist",
+    "permute_pixels": None,
+    "distill_temperature": None,
+    "distill_alpha": 0.0,
+}

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchkron.experiments.common.checkpoints import RunPaths, first_line, save_torch
+from torchkron.experiments.common.compression import distillation_loss
 from torchkron.experiments.common.environment import environment, now_iso
 from torchkron.experiments.common.errors import UserError
 from torchkron.experiments.common.files import atomic_write_json, dumps_json
@@ -110,8 +111,15 @@ def train_epoch(
     data: Prepared,
     batch: int,
     generator: torch.Generator,
+    *,
+    teacher: Tensor | None = None,
+    config: TrainConfig | None = None,
 ) -> float:
-    """One shuffled pass over ``data.train_x``; returns the mean training loss."""
+    """One shuffled pass over ``data.train_x``; returns the mean training loss.
+
+    With ``teacher`` (its log-probabilities for the rows of ``data.train_x``) and a
+    ``config`` with ``distill_temperature`` set, the loss is that config's distillation
+    loss instead of the labels' NLL."""
     n = data.train_x.shape[0]
     order = torch.randperm(n, generator=generator)
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -122,7 +130,14 @@ def train_epoch(
         x = torch.index_select(data.train_x, 0, idx)  # (b, 784)
         y = torch.index_select(data.train_y, 0, idx)  # (b,)
         optimizer.zero_grad()
-        loss = F.nll_loss(model(x), y)
+        out = model(x)  # (b, 10) log-probabilities
+        loss = F.nll_loss(out, y)
+        if teacher is not None and config is not None and config.distill_temperature:
+            soft = distillation_loss(
+                out, torch.index_select(teacher, 0, idx), config.distill_temperature
+            )
+            alpha = config.distill_alpha
+            loss = soft if alpha == 0 else alpha * loss + (1 - alpha) * soft
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         # Summed as a tensor: no per-step host round trip of .item().
@@ -174,6 +189,7 @@ def train_run(
     resume: bool = True,
     on_epoch: Callable[[EpochEvent], None] | None = None,
     model_hook: Callable[[nn.Module], None] | None = None,
+    teacher: Tensor | None = None,
 ) -> RunRecord:
     """Train ``spec`` with ``seed``, checkpointing after every epoch.
 
@@ -191,12 +207,24 @@ def train_run(
         resume: reuse finished runs and checkpoints found at ``paths``.
         on_epoch: called after each epoch (progress).
         model_hook: called with the fresh model before training (e.g. to load weights).
+        teacher: the teacher's log-probabilities ``(N, classes)`` for the rows of
+            ``data.train_x``; required when ``config.distill_temperature`` is set.
 
     Returns:
         The complete run record (also written to ``paths.record``).
     """
     if config.threads:
         torch.set_num_threads(config.threads)
+    if (config.distill_temperature is None) != (teacher is None):
+        raise ValueError(
+            "train_run: a teacher's predictions go with config.distill_temperature; give "
+            "both or neither."
+        )
+    if teacher is not None and teacher.shape[0] != data.train_x.shape[0]:
+        raise ValueError(
+            f"train_run: the teacher has {teacher.shape[0]} rows for "
+            f"{data.train_x.shape[0]} training images; compute it on data.train_x."
+        )
     if resume and paths.record.exists():
         record = load_run(paths.record)
         if record.get("complete"):
@@ -221,7 +249,9 @@ def train_run(
     hist = record["history"]
     for epoch in range(start + 1, config.epochs + 1):
         t0 = time.perf_counter()
-        train_loss = train_epoch(model, optimizer, data, config.batch_size, generator)
+        train_loss = train_epoch(
+            model, optimizer, data, config.batch_size, generator, teacher=teacher, config=config
+        )
         scheduler.step()
         model.eval()
         test_loss, accuracy = evaluate(model, data.test_x, data.test_y, config.test_batch_size)
