@@ -28,6 +28,7 @@ class FactoredLokrModule(_LokrModule):  # type: ignore[misc]
     """
 
     _torchkron_impl: str
+    _torchkron_recompute: bool
 
     def _rebuild_forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         base = self.org_forward(x, *args, **kwargs)
@@ -47,6 +48,7 @@ class FactoredLokrModule(_LokrModule):  # type: ignore[misc]
             scale=scale,
             row_mask=mask,
             impl=self._torchkron_impl,
+            recompute=self._torchkron_recompute,
         )
         return base + delta  # type: ignore[no-any-return]
 
@@ -87,7 +89,7 @@ def _lokr_modules(network: nn.Module) -> list[tuple[str, Any]]:
     return [(n, m) for n, m in network.named_modules() if isinstance(m, _LokrModule)]
 
 
-def accelerate(network: nn.Module, *, impl: str = "bmm") -> Acceleration:
+def accelerate(network: nn.Module, *, impl: str = "bmm", recompute: bool = True) -> Acceleration:
     """Make every LyCORIS LoKr module on an ``nn.Linear`` apply its delta factored.
 
     Covers LyCORIS's ``factor``, ``decompose_both``, ``full_matrix``, ``rank_dropout``
@@ -101,6 +103,18 @@ def accelerate(network: nn.Module, *, impl: str = "bmm") -> Acceleration:
         network: a ``LycorisNetwork`` (from ``lycoris.create_lycoris``), before or after
             ``apply_to()``, or any module holding ``LokrModule`` instances.
         impl: :func:`torchkron.functional.kron_linear`'s ``impl`` for the delta.
+        recompute: ``True`` (default): the delta is one autograd node that keeps only the
+            input (which the frozen layer keeps anyway), the factors, scale and mask;
+            it recomputes its one intermediate (``rows x in_m * out_k`` numbers, as large
+            as the input for a square split) in the backward, one more small GEMM per
+            step, and returns an input gradient that autograd can add the frozen layer's
+            to in place. The trade-off, measured in docs/adapters.md: the same peak
+            memory as LoRA's there, at a step time within that benchmark's noise. With
+            an ``impl`` other than ``"bmm"`` the delta runs under
+            :func:`torch.utils.checkpoint.checkpoint` instead (its whole forward again).
+            ``False``: ``kron_linear(..., impl=impl)`` as it is, the intermediate kept
+            for the backward (one input-sized tensor more per layer, and one more at the
+            backward's peak).
 
     Returns:
         :class:`~torchkron.integrations.lokr.Acceleration`: accelerated and skipped names.
@@ -131,6 +145,7 @@ def accelerate(network: nn.Module, *, impl: str = "bmm") -> Acceleration:
             continue
         module.__class__ = FactoredLokrModule
         module._torchkron_impl = impl
+        module._torchkron_recompute = recompute
         accelerated.append(name)
     return Acceleration(tuple(accelerated), skipped)
 
@@ -141,6 +156,6 @@ def restore(network: nn.Module) -> list[str]:
     for name, module in _lokr_modules(network):
         if type(module) is FactoredLokrModule:
             module.__class__ = _LokrModule
-            del module._torchkron_impl
+            del module._torchkron_impl, module._torchkron_recompute
             names.append(name)
     return names
