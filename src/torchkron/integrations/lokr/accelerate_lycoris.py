@@ -103,18 +103,10 @@ def accelerate(network: nn.Module, *, impl: str = "bmm", recompute: bool = True)
         network: a ``LycorisNetwork`` (from ``lycoris.create_lycoris``), before or after
             ``apply_to()``, or any module holding ``LokrModule`` instances.
         impl: :func:`torchkron.functional.kron_linear`'s ``impl`` for the delta.
-        recompute: ``True`` (default): the delta is one autograd node that keeps only the
-            input (which the frozen layer keeps anyway), the factors, scale and mask;
-            it recomputes its one intermediate (``rows x in_m * out_k`` numbers, as large
-            as the input for a square split) in the backward, one more small GEMM per
-            step, and returns an input gradient that autograd can add the frozen layer's
-            to in place. The trade-off, measured in docs/adapters.md: the same peak
-            memory as LoRA's there, at a step time within that benchmark's noise. With
-            an ``impl`` other than ``"bmm"`` the delta runs under
-            :func:`torch.utils.checkpoint.checkpoint` instead (its whole forward again).
-            ``False``: ``kron_linear(..., impl=impl)`` as it is, the intermediate kept
-            for the backward (one input-sized tensor more per layer, and one more at the
-            backward's peak).
+        recompute: ``True`` (default): the delta keeps only the input, the factors,
+            scale and mask for the backward and recomputes its one intermediate there
+            (LoRA's peak memory for one more small GEMM); ``False`` keeps it. The
+            trade-off in full: :func:`torchkron.integrations.lokr.accelerate_peft.accelerate`.
 
     Returns:
         :class:`~torchkron.integrations.lokr.Acceleration`: accelerated and skipped names.
