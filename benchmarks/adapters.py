@@ -9,9 +9,10 @@ forward and the backward of a fixed output gradient into the adapter parameters 
 input (the model: ``loss.backward()`` into the adapter parameters). Contenders, all in the
 same run on the same input: PEFT LoRA at rank r and at the rank nearest LoKr's trainable
 parameters; PEFT LoKr (default and ``decompose_both``); the same after
-``torchkron.integrations.peft.accelerate``; LyCORIS LoKr (its default rebuild forward),
-after ``torchkron.integrations.lycoris.accelerate``, and with LyCORIS's own
-``bypass_mode``. Times: ``torch.utils.benchmark`` ``blocked_autorange`` medians over
+``torchkron.integrations.peft.accelerate`` (default and with ``recompute=False``, which
+keeps the factored chain's intermediate for the backward); LyCORIS LoKr (its default
+rebuild forward), after ``torchkron.integrations.lycoris.accelerate``, and with
+LyCORIS's own ``bypass_mode``. Times: ``torch.utils.benchmark`` ``blocked_autorange`` medians over
 ``--rounds`` interleaved rounds. Peak memory: the step's own allocations (activations,
 gradients, temporaries; parameters and input excluded), from the CPU profiler's memory
 events or CUDA's allocator statistics. Before timing, each accelerated contender's
@@ -87,6 +88,18 @@ def lokr_params(n_in: int, n_out: int, decompose_both: bool = False) -> int:
     return sum(p.numel() for p in _trainable(pm))
 
 
+KEPT = "PEFT LoKr accelerated, recompute=False"
+
+
+def kept_contender(pm: nn.Module) -> Contender:
+    """``pm`` accelerated with ``recompute=False``: the trade-off of the default."""
+    from torchkron.integrations import peft as tkpeft
+
+    kept = copy.deepcopy(pm)
+    tkpeft.accelerate(kept, recompute=False)
+    return Contender(KEPT, kept, _trainable(kept), "PEFT LoKr")
+
+
 def layer_contenders(base: nn.Module, n_in: int, n_out: int) -> list[Contender]:
     """Every contender around a copy of ``base`` (an nn.Sequential holding the Linear)."""
     from lycoris import create_lycoris
@@ -112,6 +125,8 @@ def layer_contenders(base: nn.Module, n_in: int, n_out: int) -> list[Contender]:
         out.append(
             Contender(f"PEFT LoKr{tag} accelerated", fast, _trainable(fast), f"PEFT LoKr{tag}")
         )
+        if not both:
+            out.append(kept_contender(pm))
     for mode in ("rebuild", "accelerated", "bypass"):
         model = copy.deepcopy(base).requires_grad_(False)
         torch.manual_seed(1)
@@ -236,6 +251,7 @@ def model_contenders(args: argparse.Namespace) -> tuple[list[Contender], Tensor]
     cs += [
         Contender("PEFT LoKr", pm, _trainable(pm)),
         Contender("PEFT LoKr accelerated", fast, _trainable(fast), "PEFT LoKr"),
+        kept_contender(pm),
     ]
     nets = []
     for mode in ("rebuild", "accelerated", "bypass"):
@@ -350,6 +366,12 @@ def goals(rows: list[dict[str, Any]]) -> list[str]:
             f"- {where}: {fast} peak memory {q:.2f}x {eq}'s "
             f"(goal <= {LORA_MEMORY_RATIO}x): {_verdict(q <= LORA_MEMORY_RATIO)}"
         )
+        if KEPT in m:
+            cost = f"step {t[fast] / t[KEPT]:.2f}x, " if t else ""
+            lines.append(
+                f"- {where}: recompute=True (the default) against recompute=False: "
+                f"{cost}peak {_mib(m[fast])} vs {_mib(m[KEPT])} (the trade-off, not a goal)"
+            )
     return lines
 
 

@@ -66,14 +66,24 @@ CONFIGS = {
 }
 
 
+# accelerate()'s options: the default (recompute=True: the chain's own backward keeps only
+# its inputs), the state kept (recompute=False), and another impl under checkpointing.
+OPTIONS = {
+    "recompute": {},
+    "saved": {"recompute": False},
+    "fused, checkpointed": {"impl": "fused", "recompute": True},
+}
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_outputs_and_gradients_equal_peft(name, train):
+def test_outputs_and_gradients_equal_peft(name, train, option):
     pm = lokr(**CONFIGS[name])
     pm.train(train)
     x = torch.randn(2, 5, 48)
     fast = copy.deepcopy(pm)
-    report = tkpeft.accelerate(fast)
+    report = tkpeft.accelerate(fast, **OPTIONS[option])
     assert report.accelerated == ("base_model.model.0", "base_model.model.2.0")
     assert all(type(m) is FactoredLoKrLinear for m in fast.modules() if hasattr(m, "lokr_w1"))
     # Several seeds: rank and module dropout draw the same rows/modules as PEFT.
@@ -157,12 +167,15 @@ def test_state_dict_save_load_and_merge_and_unload_are_peft_s(tmp_path):
 def test_restore_gives_peft_s_class_back_and_accelerate_twice_is_harmless():
     pm = lokr()
     tkpeft.accelerate(pm)
-    tkpeft.accelerate(pm, impl="fused")
+    assert pm.base_model.model[0]._torchkron_recompute is True
+    tkpeft.accelerate(pm, impl="fused", recompute=False)
     assert pm.base_model.model[0]._torchkron_impl == "fused"
+    assert pm.base_model.model[0]._torchkron_recompute is False
     assert tkpeft.restore(pm) == ["base_model.model.0", "base_model.model.2.0"]
     layer = pm.base_model.model[0]
     assert type(layer) is peft.tuners.lokr.layer.Linear
     assert not hasattr(layer, "_torchkron_impl")
+    assert not hasattr(layer, "_torchkron_recompute")
     assert tkpeft.restore(pm) == []
 
 
@@ -182,11 +195,12 @@ def test_conv_lokr_is_left_alone_and_listed():
     assert_rel(step(fast, x), step(pm, x), 1e-5)
 
 
-def test_bfloat16_within_peft_s_own_rounding():
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_bfloat16_within_peft_s_own_rounding(option):
     # Tanh, not ReLU: a ReLU flipped by rounding would change a gradient by a whole row.
     pm = lokr(nn.Tanh).to(torch.bfloat16)
     fast = copy.deepcopy(pm)
-    tkpeft.accelerate(fast)
+    tkpeft.accelerate(fast, **OPTIONS[option])
     ref = copy.deepcopy(pm).double()  # the same (bf16-rounded) values, computed in float64
     x = torch.randn(6, 48).bfloat16().float()
     exact = step(ref, x.double())

@@ -17,6 +17,7 @@ from torch import nn
 from torchkron.integrations import lycoris as tkly
 from torchkron.integrations.lokr.accelerate_lycoris import FactoredLokrModule
 
+from .test_lokr_peft import OPTIONS as ACCELERATE_OPTIONS
 from .test_lokr_peft import assert_rel
 
 logging.getLogger("LyCORIS").setLevel(logging.ERROR)
@@ -56,15 +57,16 @@ OPTIONS = {
 }
 
 
+@pytest.mark.parametrize("option", list(ACCELERATE_OPTIONS))
 @pytest.mark.parametrize("name", list(OPTIONS))
-def test_outputs_and_gradients_equal_lycoris(name):
+def test_outputs_and_gradients_equal_lycoris(name, option):
     model, net = network(**OPTIONS[name])
     fast_model = copy.deepcopy(model)
     # The deep copy of the model holds copies of the network's modules (as forwards).
     fast_net = fast_model[0].forward.__self__, fast_model[2].forward.__self__
     holder = nn.Module()
     holder.loras = nn.ModuleList(fast_net)
-    report = tkly.accelerate(holder)
+    report = tkly.accelerate(holder, **ACCELERATE_OPTIONS[option])
     assert report.accelerated == ("lycoris_0", "lycoris_2")
     assert all(type(m) is FactoredLokrModule for m in fast_net)
     x = torch.randn(2, 5, 48)
@@ -96,9 +98,11 @@ def test_dora_and_bypass_are_left_alone_with_why_and_restore_undoes():
     x = torch.randn(3, 48)
     with torch.no_grad():
         before = model(x)
-        tkly.accelerate(net)
+        tkly.accelerate(net, recompute=False)
+        assert all(m._torchkron_recompute is False for m in net.loras)
         assert tkly.restore(net) == ["lycoris_0", "lycoris_2"]
         assert all(type(m).__name__ == "LokrModule" for m in net.loras)
+        assert not any(hasattr(m, "_torchkron_recompute") for m in net.loras)
         torch.testing.assert_close(model(x), before)
     assert tkly.restore(net) == []
 

@@ -178,11 +178,13 @@ def get_peft_model(model: nn.Module, config: Any, **kwargs: Any) -> Any:
 
 
 # LoKr adapters computed factored (issue 19): the code lives in torchkron.integrations.lokr.
-def accelerate(model: nn.Module, *, impl: str = "bmm") -> Any:
+def accelerate(model: nn.Module, *, impl: str = "bmm", recompute: bool = True) -> Any:
     """Make every PEFT LoKr ``Linear`` layer of ``model`` apply its delta
     ``scale * kron(w1, w2)`` as a factored product, never building the weight; returns an
     :class:`~torchkron.integrations.lokr.Acceleration` (accelerated and skipped names).
-    See :func:`torchkron.integrations.lokr.accelerate_peft.accelerate`.
+    ``recompute=True`` (default) keeps only the input and the factors for the backward
+    (LoRA's peak memory, for one more small GEMM); ``recompute=False`` keeps the product's
+    intermediate. See :func:`torchkron.integrations.lokr.accelerate_peft.accelerate`.
 
     Examples:
         >>> from peft import LoKrConfig
@@ -195,7 +197,7 @@ def accelerate(model: nn.Module, *, impl: str = "bmm") -> Any:
     """
     from torchkron.integrations.lokr import accelerate_peft
 
-    return accelerate_peft.accelerate(model, impl=impl)
+    return accelerate_peft.accelerate(model, impl=impl, recompute=recompute)
 
 
 def restore(model: nn.Module) -> list[str]:

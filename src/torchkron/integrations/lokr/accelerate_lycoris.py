@@ -28,6 +28,7 @@ class FactoredLokrModule(_LokrModule):  # type: ignore[misc]
     """
 
     _torchkron_impl: str
+    _torchkron_recompute: bool
 
     def _rebuild_forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         base = self.org_forward(x, *args, **kwargs)
@@ -47,6 +48,7 @@ class FactoredLokrModule(_LokrModule):  # type: ignore[misc]
             scale=scale,
             row_mask=mask,
             impl=self._torchkron_impl,
+            recompute=self._torchkron_recompute,
         )
         return base + delta  # type: ignore[no-any-return]
 
@@ -87,7 +89,7 @@ def _lokr_modules(network: nn.Module) -> list[tuple[str, Any]]:
     return [(n, m) for n, m in network.named_modules() if isinstance(m, _LokrModule)]
 
 
-def accelerate(network: nn.Module, *, impl: str = "bmm") -> Acceleration:
+def accelerate(network: nn.Module, *, impl: str = "bmm", recompute: bool = True) -> Acceleration:
     """Make every LyCORIS LoKr module on an ``nn.Linear`` apply its delta factored.
 
     Covers LyCORIS's ``factor``, ``decompose_both``, ``full_matrix``, ``rank_dropout``
@@ -101,6 +103,10 @@ def accelerate(network: nn.Module, *, impl: str = "bmm") -> Acceleration:
         network: a ``LycorisNetwork`` (from ``lycoris.create_lycoris``), before or after
             ``apply_to()``, or any module holding ``LokrModule`` instances.
         impl: :func:`torchkron.functional.kron_linear`'s ``impl`` for the delta.
+        recompute: ``True`` (default): the delta keeps only the input, the factors,
+            scale and mask for the backward and recomputes its one intermediate there
+            (LoRA's peak memory for one more small GEMM); ``False`` keeps it. The
+            trade-off in full: :func:`torchkron.integrations.lokr.accelerate_peft.accelerate`.
 
     Returns:
         :class:`~torchkron.integrations.lokr.Acceleration`: accelerated and skipped names.
@@ -131,6 +137,7 @@ def accelerate(network: nn.Module, *, impl: str = "bmm") -> Acceleration:
             continue
         module.__class__ = FactoredLokrModule
         module._torchkron_impl = impl
+        module._torchkron_recompute = recompute
         accelerated.append(name)
     return Acceleration(tuple(accelerated), skipped)
 
@@ -141,6 +148,6 @@ def restore(network: nn.Module) -> list[str]:
     for name, module in _lokr_modules(network):
         if type(module) is FactoredLokrModule:
             module.__class__ = _LokrModule
-            del module._torchkron_impl
+            del module._torchkron_impl, module._torchkron_recompute
             names.append(name)
     return names

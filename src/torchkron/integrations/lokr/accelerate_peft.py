@@ -32,6 +32,7 @@ class FactoredLoKrLinear(_LoKrLinear):  # type: ignore[misc]
     """
 
     _torchkron_impl: str
+    _torchkron_recompute: bool
 
     def _get_delta_activations(
         self, adapter_name: str, input: Tensor, *args: Any, **kwargs: Any
@@ -49,7 +50,13 @@ class FactoredLoKrLinear(_LoKrLinear):  # type: ignore[misc]
             )
         x = self._cast_input_dtype(input, dtype)
         return lokr_delta(
-            x, w1, w2, scale=self.scaling[adapter_name], row_mask=mask, impl=self._torchkron_impl
+            x,
+            w1,
+            w2,
+            scale=self.scaling[adapter_name],
+            row_mask=mask,
+            impl=self._torchkron_impl,
+            recompute=self._torchkron_recompute,
         )
 
 
@@ -78,7 +85,7 @@ def _row_mask(rows: int, p: float, rescale: bool) -> Tensor:
     return drop
 
 
-def accelerate(model: nn.Module, *, impl: str = "bmm") -> Acceleration:
+def accelerate(model: nn.Module, *, impl: str = "bmm", recompute: bool = True) -> Acceleration:
     """Make every PEFT LoKr ``Linear`` layer of ``model`` apply its delta factored.
 
     Each layer computes ``base(x) + scale * kron_linear(x, [w1, w2])`` (rank dropout as a
@@ -91,6 +98,18 @@ def accelerate(model: nn.Module, *, impl: str = "bmm") -> Acceleration:
         model: a ``PeftModel`` (or any module holding PEFT LoKr layers).
         impl: :func:`torchkron.functional.kron_linear`'s ``impl`` for the delta;
             ``"bmm"`` (default) never builds the weight.
+        recompute: ``True`` (default): the delta is one autograd node that keeps only the
+            input (which the frozen layer keeps anyway), the factors, scale and mask;
+            it recomputes its one intermediate (``rows x in_m * out_k`` numbers, as large
+            as the input for a square split) in the backward, one more small GEMM per
+            step, and returns an input gradient that autograd can add the frozen layer's
+            to in place. The trade-off, measured in docs/adapters.md: the same peak
+            memory as LoRA's there, at a step time within that benchmark's noise. With
+            an ``impl`` other than ``"bmm"`` the delta runs under
+            :func:`torch.utils.checkpoint.checkpoint` instead (its whole forward again).
+            ``False``: ``kron_linear(..., impl=impl)`` as it is, the intermediate kept
+            for the backward (one input-sized tensor more per layer, and one more at the
+            backward's peak).
 
     Returns:
         :class:`~torchkron.integrations.lokr.Acceleration`: accelerated and skipped names.
@@ -112,6 +131,7 @@ def accelerate(model: nn.Module, *, impl: str = "bmm") -> Acceleration:
         if type(module) is _LoKrLinear or type(module) is FactoredLoKrLinear:
             module.__class__ = FactoredLoKrLinear
             module._torchkron_impl = impl
+            module._torchkron_recompute = recompute
             accelerated.append(name)
         else:
             base = type(module.get_base_layer()).__name__
@@ -138,6 +158,6 @@ def restore(model: nn.Module) -> list[str]:
     for name, module in model.named_modules():
         if type(module) is FactoredLoKrLinear:
             module.__class__ = _LoKrLinear
-            del module._torchkron_impl
+            del module._torchkron_impl, module._torchkron_recompute
             names.append(name)
     return names

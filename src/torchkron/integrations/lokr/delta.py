@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from torchkron.functional import IMPLS, kron_linear
+from torchkron.integrations.lokr._recompute import kron_pair_linear
 
 __all__ = ["Acceleration", "check_impl", "lokr_delta"]
 
@@ -29,11 +31,20 @@ def lokr_delta(
     scale: float | Tensor = 1.0,
     row_mask: Tensor | None = None,
     impl: str = "bmm",
+    recompute: bool = True,
 ) -> Tensor:
     """``x @ (scale * kron(w1, w2) * row_mask[:, None]).T`` without building ``kron(w1, w2)``.
 
     With ``X`` the input row reshaped to ``(in_m, in_n)`` this is ``w1 @ X @ w2.T``
     flattened: two small GEMMs per row instead of one of the full layer size.
+
+    Memory: the product passes through a state of ``rows x in_m * out_k`` numbers (as
+    large as ``x`` for a square split), which autograd would keep for the backward. With
+    ``recompute=True`` (default) only ``x``, the factors, the scale and the mask are kept
+    and the state is recomputed in the backward: beside a frozen linear layer, which
+    keeps ``x`` anyway, the adapter then holds no activation of its own, for one more
+    small GEMM per step. Its input gradient is also a fresh tensor (not a view), which
+    autograd can add the frozen layer's input gradient to in place.
 
     Args:
         x: input of shape ``(*, in_m * in_n)``.
@@ -45,6 +56,10 @@ def lokr_delta(
             dropout: a mask on the rows of ``dW`` is a mask on the output).
         impl: :func:`torchkron.functional.kron_linear`'s ``impl``; the default ``"bmm"``
             is the factored chain (``"auto"`` may build the weight where that is faster).
+        recompute: keep only the inputs for the backward (see above). With
+            ``impl="bmm"`` the chain is then one autograd node with its own backward;
+            any other ``impl`` runs under :func:`torch.utils.checkpoint.checkpoint`.
+            ``False``: ``kron_linear(..., impl=impl)`` as it is, the state kept.
 
     Shape:
         - Input: ``(*, H_in)`` with ``H_in = in_m * in_n``.
@@ -68,10 +83,24 @@ def lokr_delta(
         # torch.kron promotes; kron_linear wants one dtype.
         dtype = torch.promote_types(w1.dtype, w2.dtype)
         w1, w2 = w1.to(dtype), w2.to(dtype)
-    y = kron_linear(x, [w1.unsqueeze(0), w2.unsqueeze(0)], impl=impl)  # (*, out_l * out_k)
+    y = _product(x, w1, w2, impl, recompute)  # (*, out_l * out_k)
     if row_mask is not None:
         y = y * row_mask.to(device=y.device, dtype=y.dtype)
     return y
+
+
+def _product(x: Tensor, w1: Tensor, w2: Tensor, impl: str, recompute: bool) -> Tensor:
+    """``x @ kron(w1, w2).T``, keeping for the backward what ``recompute`` says."""
+    if recompute and impl == "bmm":
+        return kron_pair_linear(x, w1, w2)
+
+    def product(x: Tensor, w1: Tensor, w2: Tensor) -> Tensor:
+        return kron_linear(x, [w1.unsqueeze(0), w2.unsqueeze(0)], impl=impl)
+
+    if recompute and torch.is_grad_enabled():
+        out: Tensor = checkpoint(product, x, w1, w2, use_reentrant=False)
+        return out
+    return product(x, w1, w2)
 
 
 @dataclass(frozen=True)
